@@ -1,0 +1,552 @@
+//! The durable Raft log: openraft's [`RaftLogStorage`] on its own sled database.
+//!
+//! # Layout
+//!
+//! The log lives in a sled `Db` of its own (the caller passes e.g. `<data-dir>/raft-log`),
+//! separate from the state machine's `Db`. sled flushes a whole `Db` at once, so sharing one
+//! would make every log fsync also write out state-machine pages, and the other way round.
+//!
+//! * tree `log`: one entry per key; the key is the log index as 8 bytes big-endian, so sled's
+//!   key order is index order and "last entry" / "entries from i" are plain range scans. The
+//!   value is the bincode-encoded `openraft::Entry`.
+//! * tree `meta`: the vote, the committed log id and the last purged log id (bincode).
+//!
+//! # Durability
+//!
+//! Raft is only safe if what a node has acknowledged survives a crash: a vote that was granted
+//! must never be forgotten (or the node could vote twice in one term), and log entries reported
+//! as persisted count towards a quorum that the leader may already have used to commit them.
+//! So:
+//!
+//! * [`append`](RaftLogStorage::append) inserts the entries (readable at once, as openraft
+//!   requires) and hands its [`LogFlushed`] callback to a background *flusher* task. The callback
+//!   fires only after a sled `flush` (which fsyncs) that *started after* the entries were
+//!   inserted. That is guaranteed because the callback is queued only once the inserts are done,
+//!   and the flusher starts its flush only after it has taken the callback off the queue.
+//! * **Group commit**: the flusher does not fsync per append. It waits for one callback, takes
+//!   every other callback already queued, runs ONE flush and then fires them all, in order. Under
+//!   load many appends share one fsync; under no load an append waits for exactly one fsync.
+//! * `save_vote`, `save_committed`, `truncate` and `purge` flush before returning. A flush
+//!   there also covers appended-but-unacknowledged entries, which is harmless: their callbacks
+//!   still wait for the flusher's own flush.
+//! * Multi-entry writes go through one sled `Batch`, which sled applies atomically, so a crash
+//!   never leaves a hole in the log.
+//!
+//! [`LogStore::flush_count`] counts the flusher's flushes, so tests and metrics can see group
+//! commit at work (appends / flushes = average group size).
+
+// The helpers return openraft's own (large, ~200-byte) `StorageError`/`StorageIOError` because
+// every trait method must; boxing them here only to unbox at the trait boundary buys nothing.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, StorageIOError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::raft::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+
+/// Name of the tree holding the entries, keyed by big-endian log index.
+const LOG_TREE: &str = "log";
+/// Name of the tree holding the vote and the log pointers.
+const META_TREE: &str = "meta";
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+/// How many appends may wait for the flusher before `append` itself waits. This is
+/// back-pressure for a stalled disk, not a tuning knob: a flush normally drains the whole queue.
+const FLUSH_QUEUE_CAPACITY: usize = 4096;
+
+/// What the flusher calls once the entries of one append are on disk (or could not be put
+/// there).
+type FlushCallback = Box<dyn FnOnce(Result<(), io::Error>) + Send + 'static>;
+
+/// The sled handles, shared by the store and its readers.
+///
+/// The flusher task only holds a [`Weak`] to this, so dropping the store and its readers closes
+/// the `Db` (and releases sled's directory lock) right away instead of when the flusher next
+/// wakes up; the same directory can then be reopened at once.
+struct Inner {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+}
+
+/// The durable Raft log store. See the [module docs](self) for layout and durability rules.
+///
+/// It is deliberately not `Clone`: openraft requires all log writes to be serialized, which the
+/// `&mut self` of the [`RaftLogStorage`] methods guarantees only if there is a single writer.
+/// Use [`LogStore::reader`] (or `get_log_reader`) for concurrent readers.
+pub struct LogStore {
+    inner: Arc<Inner>,
+    /// Callbacks waiting for the flusher. The flusher ends when this (the only sender) is dropped.
+    flush_tx: mpsc::Sender<FlushCallback>,
+    flushes: Arc<AtomicU64>,
+}
+
+/// A cheap-to-clone, read-only handle on the log, used by openraft's replication tasks.
+#[derive(Clone)]
+pub struct LogReader {
+    inner: Arc<Inner>,
+}
+
+impl LogStore {
+    /// Opens (or creates) the log database at `dir` and starts its flusher task.
+    ///
+    /// Must be called from within a Tokio runtime (the flusher is a Tokio task); otherwise it
+    /// returns an error rather than panicking. It does blocking IO (and, if the directory is
+    /// still locked, waits up to 2 s): call it at startup, not on a hot path.
+    pub fn open(dir: &Path) -> Result<LogStore, io::Error> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| io::Error::other(format!("LogStore::open needs a Tokio runtime: {e}")))?;
+
+        let db = open_db(dir)?;
+        let log = db.open_tree(LOG_TREE)?;
+        let meta = db.open_tree(META_TREE)?;
+        let inner = Arc::new(Inner { db, log, meta });
+
+        // A purge records `last_purged` durably before deleting entries; if we crashed in
+        // between, finish the deletion now so readers never see purged entries.
+        if let Some(purged) = inner.read_meta::<LogId>(KEY_LAST_PURGED).map_err(to_io)? {
+            inner.delete_upto(purged.index).map_err(to_io)?;
+            inner.db.flush()?;
+        }
+
+        let (flush_tx, flush_rx) = mpsc::channel(FLUSH_QUEUE_CAPACITY);
+        let flushes = Arc::new(AtomicU64::new(0));
+        runtime.spawn(run_flusher(
+            Arc::downgrade(&inner),
+            flush_rx,
+            flushes.clone(),
+        ));
+
+        Ok(LogStore {
+            inner,
+            flush_tx,
+            flushes,
+        })
+    }
+
+    /// How many group flushes the flusher has performed (successful or not). Flushes done by
+    /// `save_vote`, `truncate`, etc. are not counted.
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// A read-only handle sharing this store's database.
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Appends `entries` and calls `on_flushed` once they are durable (or with the error if the
+    /// flush failed). This is the code path behind [`RaftLogStorage::append`]; it is public so
+    /// that it can be exercised without an openraft-internal [`LogFlushed`].
+    ///
+    /// Returns once the entries are inserted (and so readable) and the callback is queued; it
+    /// only waits longer if the flush queue is full.
+    pub async fn append_and_notify<I, F>(
+        &mut self,
+        entries: I,
+        on_flushed: F,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry>,
+        F: FnOnce(Result<(), io::Error>) + Send + 'static,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let value =
+                encode(&entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            batch.insert(&index_key(entry.log_id.index), value);
+        }
+        // One atomic batch: a crash keeps all of this append or none of it, never a hole.
+        self.inner
+            .log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+
+        // Queue the callback only now, after the inserts: the flusher's next flush therefore
+        // starts after them, which is what makes firing the callback after it correct.
+        if let Err(mpsc::error::SendError(on_flushed)) =
+            self.flush_tx.send(Box::new(on_flushed)).await
+        {
+            // The flusher is gone (its runtime shut down). Nothing will ever flush for us.
+            let err = io::Error::other("log flusher task is not running");
+            let storage_err = StorageIOError::write_logs(&err);
+            on_flushed(Err(err));
+            return Err(storage_err.into());
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Reads and decodes one meta value; a value that does not decode is corruption.
+    fn read_meta<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageIOError<NodeId>> {
+        let subject = || {
+            if key == KEY_VOTE {
+                ErrorSubject::Vote
+            } else {
+                ErrorSubject::Store
+            }
+        };
+        match self.meta.get(key) {
+            Ok(None) => Ok(None),
+            Ok(Some(bytes)) => decode(&bytes)
+                .map(Some)
+                .map_err(|e| StorageIOError::new(subject(), ErrorVerb::Read, &e)),
+            Err(e) => Err(StorageIOError::new(subject(), ErrorVerb::Read, &e)),
+        }
+    }
+
+    /// Encodes and stores one meta value (not flushed).
+    fn write_meta<T: Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), StorageIOError<NodeId>> {
+        let subject = || {
+            if key == KEY_VOTE {
+                ErrorSubject::Vote
+            } else {
+                ErrorSubject::Store
+            }
+        };
+        let bytes =
+            encode(value).map_err(|e| StorageIOError::new(subject(), ErrorVerb::Write, &e))?;
+        self.meta
+            .insert(key, bytes)
+            .map_err(|e| StorageIOError::new(subject(), ErrorVerb::Write, &e))?;
+        Ok(())
+    }
+
+    /// Flushes (and fsyncs) the whole log `Db` on the blocking pool, so an fsync never stalls a
+    /// runtime worker.
+    async fn flush(&self) -> Result<(), io::Error> {
+        flush_db(self.db.clone()).await
+    }
+
+    /// Deletes, in one atomic batch, every entry whose index is in `range` (not flushed).
+    fn delete_range(&self, range: impl RangeBounds<[u8; 8]>) -> Result<(), StorageIOError<NodeId>> {
+        let delete_err =
+            |e: &sled::Error| StorageIOError::new(ErrorSubject::Logs, ErrorVerb::Delete, e);
+        let mut batch = sled::Batch::default();
+        for key in self.log.range(range).keys() {
+            batch.remove(key.map_err(|e| delete_err(&e))?);
+        }
+        self.log.apply_batch(batch).map_err(|e| delete_err(&e))
+    }
+
+    /// Deletes entries with index <= `index` (not flushed).
+    fn delete_upto(&self, index: u64) -> Result<(), StorageIOError<NodeId>> {
+        self.delete_range(..=index_key(index))
+    }
+
+    /// The log id of the last entry present, if any.
+    fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageIOError<NodeId>> {
+        match self.log.last() {
+            Ok(None) => Ok(None),
+            Ok(Some((key, value))) => Ok(Some(decode_entry(&key, &value)?.log_id)),
+            Err(e) => Err(StorageIOError::read_logs(&e)),
+        }
+    }
+
+    fn get_log_state(&self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.read_meta::<LogId>(KEY_LAST_PURGED)?;
+        let last_entry = self.last_entry_log_id()?;
+        // `max` rather than "entry or purged": the two only disagree if entries at or below the
+        // purge point survived a crash, and then the purge point is the truth.
+        let last_log_id = std::cmp::max(last_entry, last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    /// Entries with index in `range`, in order: the contiguous run starting at the first entry
+    /// present in the range, stopping at the first gap.
+    fn entries_in<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => match s.checked_add(1) {
+                Some(s) => s,
+                None => return Ok(Vec::new()),
+            },
+            Bound::Unbounded => 0,
+        };
+        // Exclusive end; `None` means no upper limit.
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e.checked_add(1),
+            Bound::Excluded(&e) => Some(e),
+            Bound::Unbounded => None,
+        };
+        if end.is_some_and(|end| start >= end) {
+            return Ok(Vec::new());
+        }
+
+        let mut entries: Vec<Entry> = Vec::new();
+        for item in self.log.range(index_key(start)..) {
+            let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            let entry = decode_entry(&key, &value)?;
+            let index = entry.log_id.index;
+            if end.is_some_and(|end| index >= end) {
+                break;
+            }
+            if let Some(prev) = entries.last() {
+                if prev.log_id.index + 1 != index {
+                    break; // a gap: only the contiguous prefix is returned
+                }
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+}
+
+/// The group-commit loop. Ends when the store is dropped (channel closed); callbacks still
+/// queued at that point are served first.
+async fn run_flusher(
+    inner: Weak<Inner>,
+    mut rx: mpsc::Receiver<FlushCallback>,
+    flushes: Arc<AtomicU64>,
+) {
+    let mut group: Vec<FlushCallback> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        group.push(first);
+        // Everything already queued joins this group. Each of these callbacks was queued after
+        // its inserts, and the flush below starts after we took it off the queue.
+        while let Ok(more) = rx.try_recv() {
+            group.push(more);
+        }
+
+        let result = match inner.upgrade() {
+            // Hold only a `Db` clone during the flush, not the `Inner`.
+            Some(inner) => {
+                let db = inner.db.clone();
+                drop(inner);
+                flush_db(db).await
+            }
+            // The store and all readers are gone, so the `Db` was closed; sled flushes on close
+            // but cannot report whether that worked, so we cannot claim durability.
+            None => Err(io::Error::other(
+                "log store closed before its entries were flushed",
+            )),
+        };
+        flushes.fetch_add(1, Ordering::Relaxed);
+
+        match result {
+            Ok(()) => {
+                for callback in group.drain(..) {
+                    callback(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, callbacks = group.len(), "raft log flush failed");
+                // io::Error is not Clone: give each callback its own copy.
+                for callback in group.drain(..) {
+                    callback(Err(io::Error::new(e.kind(), e.to_string())));
+                }
+            }
+        }
+    }
+    tracing::debug!("raft log flusher stopped");
+}
+
+/// `Db::flush` (write out and fsync everything inserted so far) on Tokio's blocking pool.
+async fn flush_db(db: sled::Db) -> Result<(), io::Error> {
+    match tokio::task::spawn_blocking(move || db.flush()).await {
+        Ok(Ok(_bytes)) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(join) => Err(io::Error::other(format!("log flush task failed: {join}"))),
+    }
+}
+
+/// How long [`open_db`] keeps retrying while sled's directory lock is still held.
+const LOCK_RETRY_FOR: Duration = Duration::from_secs(2);
+
+/// Opens the sled `Db`, retrying briefly while its directory lock is held.
+///
+/// sled releases the lock only when the last internal reference to its config drops, and its
+/// own IO threads can hold one for a moment after the last `Db` handle is gone. So reopening a
+/// log in the same process right after dropping it (a restart in tests, a member rejoining)
+/// can transiently fail. A lock held by another process still fails, just 2 s later.
+fn open_db(dir: &Path) -> Result<sled::Db, io::Error> {
+    let deadline = Instant::now() + LOCK_RETRY_FOR;
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => return Ok(db),
+            // sled reports this as `ErrorKind::Other`; its message is the only way to tell.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::Error> {
+    bincode::serialize(value)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    bincode::deserialize(bytes)
+}
+
+/// Decodes a stored entry and checks it sits under the key of its own index: anything else is
+/// corruption and is reported as a storage error, never a panic.
+fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, StorageIOError<NodeId>> {
+    let Ok(key) = <[u8; 8]>::try_from(key) else {
+        let err = io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("log key of {} bytes, want 8", key.len()),
+        );
+        return Err(StorageIOError::read_logs(&err));
+    };
+    let index = u64::from_be_bytes(key);
+    let entry: Entry = decode(value).map_err(|e| StorageIOError::read_log_at_index(index, &e))?;
+    if entry.log_id.index != index {
+        let err = io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("entry {} stored under index {index}", entry.log_id),
+        );
+        return Err(StorageIOError::read_log_at_index(index, &err));
+    }
+    Ok(entry)
+}
+
+fn to_io(e: StorageIOError<NodeId>) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.inner.entries_in(range)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.inner.entries_in(range)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        self.inner.get_log_state()
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.reader()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        // A granted vote must survive a crash, or this node could vote twice in one term.
+        self.inner.write_meta(KEY_VOTE, vote)?;
+        self.inner
+            .flush()
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.inner.read_meta(KEY_VOTE)?)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Only an optimization (on restart openraft may re-apply up to it without waiting for
+        // a leader), but a committed id that is read back must be one that was really saved,
+        // so keep it as durable as the rest.
+        match committed {
+            Some(committed) => self.inner.write_meta(KEY_COMMITTED, &committed)?,
+            None => {
+                self.inner
+                    .meta
+                    .remove(KEY_COMMITTED)
+                    .map_err(|e| StorageIOError::new(ErrorSubject::Store, ErrorVerb::Delete, &e))?;
+            }
+        }
+        self.inner
+            .flush()
+            .await
+            .map_err(|e| StorageIOError::new(ErrorSubject::Store, ErrorVerb::Write, &e))?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.inner.read_meta(KEY_COMMITTED)?)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.append_and_notify(entries, move |result| callback.log_io_completed(result))
+            .await
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Conflicting entries from an old leader: delete [index, +oo) atomically and make the
+        // deletion durable, so a restart cannot resurrect them.
+        self.inner.delete_range(index_key(log_id.index)..)?;
+        self.inner
+            .flush()
+            .await
+            .map_err(|e| StorageIOError::new(ErrorSubject::Logs, ErrorVerb::Delete, &e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point durably FIRST. If we crash after deleting some entries but
+        // before the purge point is on disk, `get_log_state` would report a log that starts
+        // after a hole. With this order a crash leaves at worst extra entries below the purge
+        // point, which `open` deletes.
+        self.inner.write_meta(KEY_LAST_PURGED, &log_id)?;
+        self.inner
+            .flush()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+
+        self.inner.delete_upto(log_id.index)?;
+        self.inner
+            .flush()
+            .await
+            .map_err(|e| StorageIOError::new(ErrorSubject::Logs, ErrorVerb::Delete, &e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,2 @@
+//! sled storage: the only module that names sled.
+pub mod log_store;
