@@ -1,12 +1,31 @@
-//! Commands replicated through Raft and their results (placeholder until the MVCC layer lands).
+//! Commands replicated through Raft, and their results.
+//!
+//! A command is the part of a client request that changes state; everything stateless (request
+//! validation) happened before it was proposed. Applying a command is deterministic, so every
+//! member reaches the same state and the same result.
+
 use serde::{Deserialize, Serialize};
+
+use crate::mvcc::MvccError;
+use crate::pb::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, TxnRequest, TxnResponse,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
-    Noop,
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(CompactionRequest),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CommandResult {
-    Noop,
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact(CompactionResponse),
+    /// The command was refused and changed nothing.
+    Error(MvccError),
 }

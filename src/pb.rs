@@ -49,6 +49,17 @@ pub mod v3lockpb {
 // `super::super::etcdserverpb::...`, which resolves because `corral` is a
 // sibling of the modules above.
 
+/// corral's own packages.
+#[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
+pub mod corral {
+    /// Member-to-member service on the peer port (never exposed to clients).
+    pub mod peer {
+        pub mod v1 {
+            tonic::include_proto!("corral.peer.v1");
+        }
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every compiled proto file, for gRPC server
 /// reflection (`tonic_reflection`).
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("corral_descriptor");

@@ -254,3 +254,36 @@ async fn flusher_stops_when_store_is_dropped() -> anyhow::Result<()> {
     assert_eq!(indexes(&store.try_get_log_entries(..).await?), vec![1]);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_data_is_a_storage_error_not_a_panic() -> anyhow::Result<()> {
+    let dir = tempdir();
+    let path = dir.path().join("raft-log");
+    {
+        let mut store = LogStore::open(&path)?;
+        store.save_vote(&Vote::new(1, 1)).await?;
+        store.blocking_append((1..=4).map(|i| blank(1, i))).await?;
+    }
+    {
+        // Damage the files' contents behind the store's back (tree names are the store's
+        // on-disk format: `log` and `meta`).
+        let db = sled::open(&path)?;
+        let log = db.open_tree("log")?;
+        log.insert(2u64.to_be_bytes(), &b"not bincode"[..])?;
+        // A well-formed entry under the wrong index.
+        log.insert(4u64.to_be_bytes(), bincode::serialize(&blank(1, 9))?)?;
+        db.open_tree("meta")?.insert("vote", &b"x"[..])?;
+        db.flush()?;
+    }
+
+    let mut store = LogStore::open(&path)?;
+    assert!(store.read_vote().await.is_err());
+    assert_eq!(indexes(&store.try_get_log_entries(1..2).await?), vec![1]);
+    assert!(store.try_get_log_entries(1..=3).await.is_err());
+    assert!(store.try_get_log_entries(4..).await.is_err());
+    assert!(
+        store.get_log_state().await.is_err(),
+        "the last entry is corrupt"
+    );
+    Ok(())
+}

@@ -1,2 +1,6 @@
-//! Raft: type config, peer network, peer service and the handle the services use.
+//! Raft: type config, state machine, peer network and service, and the handle services use.
+pub mod handle;
+pub mod network;
+pub mod service;
+pub mod state_machine;
 pub mod types;

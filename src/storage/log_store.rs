@@ -26,9 +26,11 @@
 //! * **Group commit**: the flusher does not fsync per append. It waits for one callback, takes
 //!   every other callback already queued, runs ONE flush and then fires them all, in order. Under
 //!   load many appends share one fsync; under no load an append waits for exactly one fsync.
-//! * `save_vote`, `save_committed`, `truncate` and `purge` flush before returning. A flush
-//!   there also covers appended-but-unacknowledged entries, which is harmless: their callbacks
-//!   still wait for the flusher's own flush.
+//! * `save_vote`, `truncate` and `purge` flush before returning. A flush there also covers
+//!   appended-but-unacknowledged entries, which is harmless: their callbacks still wait for the
+//!   flusher's own flush. `save_committed` does not flush (it runs on every commit, and a lost
+//!   committed id is harmless); sled's prefix recovery keeps it from ever getting ahead of the
+//!   durable log, see its comment.
 //! * Multi-entry writes go through one sled `Batch`, which sled applies atomically, so a crash
 //!   never leaves a hole in the log.
 //!
@@ -73,9 +75,10 @@ type FlushCallback = Box<dyn FnOnce(Result<(), io::Error>) + Send + 'static>;
 
 /// The sled handles, shared by the store and its readers.
 ///
-/// The flusher task only holds a [`Weak`] to this, so dropping the store and its readers closes
-/// the `Db` (and releases sled's directory lock) right away instead of when the flusher next
-/// wakes up; the same directory can then be reopened at once.
+/// The flusher task only holds a [`Weak`] to this (and a `Db` clone only while it flushes), so
+/// dropping the store and its readers closes the `Db` right away rather than whenever the
+/// flusher next wakes up. (sled may still hold its directory lock for a moment; see
+/// [`open_db`].)
 struct Inner {
     db: sled::Db,
     log: sled::Tree,
@@ -198,13 +201,7 @@ impl Inner {
         &self,
         key: &[u8],
     ) -> Result<Option<T>, StorageIOError<NodeId>> {
-        let subject = || {
-            if key == KEY_VOTE {
-                ErrorSubject::Vote
-            } else {
-                ErrorSubject::Store
-            }
-        };
+        let subject = || meta_subject(key);
         match self.meta.get(key) {
             Ok(None) => Ok(None),
             Ok(Some(bytes)) => decode(&bytes)
@@ -220,13 +217,7 @@ impl Inner {
         key: &[u8],
         value: &T,
     ) -> Result<(), StorageIOError<NodeId>> {
-        let subject = || {
-            if key == KEY_VOTE {
-                ErrorSubject::Vote
-            } else {
-                ErrorSubject::Store
-            }
-        };
+        let subject = || meta_subject(key);
         let bytes =
             encode(value).map_err(|e| StorageIOError::new(subject(), ErrorVerb::Write, &e))?;
         self.meta
@@ -300,19 +291,20 @@ impl Inner {
         }
 
         let mut entries: Vec<Entry> = Vec::new();
+        let mut expected: Option<u64> = None; // index that continues the run so far
         for item in self.log.range(index_key(start)..) {
             let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            let entry = decode_entry(&key, &value)?;
-            let index = entry.log_id.index;
-            if end.is_some_and(|end| index >= end) {
-                break;
+            // Bounds and gaps are decided on the key alone, so an entry outside the answer is
+            // never decoded (and a corrupt one there cannot fail this read).
+            let index = key_index(&key)?;
+            if end.is_some_and(|end| index >= end) || expected.is_some_and(|want| index != want) {
+                break; // past the range, or a gap: only the contiguous run is returned
             }
-            if let Some(prev) = entries.last() {
-                if prev.log_id.index + 1 != index {
-                    break; // a gap: only the contiguous prefix is returned
-                }
+            entries.push(decode_entry(&key, &value)?);
+            match index.checked_add(1) {
+                Some(next) => expected = Some(next),
+                None => break,
             }
-            entries.push(entry);
         }
         Ok(entries)
     }
@@ -402,6 +394,15 @@ fn open_db(dir: &Path) -> Result<sled::Db, io::Error> {
     }
 }
 
+/// What a meta key is about, for error reports.
+fn meta_subject(key: &[u8]) -> ErrorSubject<NodeId> {
+    match key {
+        KEY_VOTE => ErrorSubject::Vote,
+        KEY_LAST_PURGED => ErrorSubject::Logs,
+        _ => ErrorSubject::Store,
+    }
+}
+
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
@@ -417,14 +418,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
 /// Decodes a stored entry and checks it sits under the key of its own index: anything else is
 /// corruption and is reported as a storage error, never a panic.
 fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, StorageIOError<NodeId>> {
-    let Ok(key) = <[u8; 8]>::try_from(key) else {
-        let err = io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("log key of {} bytes, want 8", key.len()),
-        );
-        return Err(StorageIOError::read_logs(&err));
-    };
-    let index = u64::from_be_bytes(key);
+    let index = key_index(key)?;
     let entry: Entry = decode(value).map_err(|e| StorageIOError::read_log_at_index(index, &e))?;
     if entry.log_id.index != index {
         let err = io::Error::new(
@@ -434,6 +428,20 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, StorageIOError<NodeId
         return Err(StorageIOError::read_log_at_index(index, &err));
     }
     Ok(entry)
+}
+
+/// The log index a key of the `log` tree stands for; a key that is not 8 bytes is corruption.
+fn key_index(key: &[u8]) -> Result<u64, StorageIOError<NodeId>> {
+    match <[u8; 8]>::try_from(key) {
+        Ok(bytes) => Ok(u64::from_be_bytes(bytes)),
+        Err(_) => {
+            let err = io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("log key of {} bytes, want 8", key.len()),
+            );
+            Err(StorageIOError::read_logs(&err))
+        }
+    }
 }
 
 fn to_io(e: StorageIOError<NodeId>) -> io::Error {
@@ -484,9 +492,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Only an optimization (on restart openraft may re-apply up to it without waiting for
-        // a leader), but a committed id that is read back must be one that was really saved,
-        // so keep it as durable as the rest.
+        // Not flushed. openraft calls this on every commit advance, inside its core loop, so
+        // an fsync here would cost one extra fsync per commit. It is safe without one: the
+        // committed id is only an optimization (on restart openraft re-applies up to it
+        // without waiting for a leader), and it stays consistent with the log because sled
+        // recovers a *prefix* of its writes (recovery stops at the first gap in its log).
+        // This insert comes after the inserts of every entry it covers, so it can never be
+        // durable while they are not; it becomes durable with the next flush of any kind
+        // (group commit, vote, truncate, purge, or sled's own periodic flush). A crash before
+        // then just yields an older committed id, which openraft handles.
         match committed {
             Some(committed) => self.inner.write_meta(KEY_COMMITTED, &committed)?,
             None => {
@@ -496,10 +510,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .map_err(|e| StorageIOError::new(ErrorSubject::Store, ErrorVerb::Delete, &e))?;
             }
         }
-        self.inner
-            .flush()
-            .await
-            .map_err(|e| StorageIOError::new(ErrorSubject::Store, ErrorVerb::Write, &e))?;
         Ok(())
     }
 

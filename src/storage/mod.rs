@@ -1,2 +1,7 @@
 //! sled storage: the only module that names sled.
+//!
+//! Each member has two sled databases under its data dir: `raft-log` (log entries and vote,
+//! flushed before openraft is told they are durable) and `state` (the state machine). Keeping
+//! them apart means a log flush carries only log bytes.
 pub mod log_store;
+pub mod state;

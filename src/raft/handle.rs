@@ -1,0 +1,300 @@
+//! The small facade the services use: `propose(cmd)`, `read_barrier()`, `leader()`,
+//! `members()`.
+//!
+//! Proposals are batched: concurrent commands queue up, and a batcher turns whatever has
+//! queued into one Raft entry, so one replication round and one fsync carry them all. At most
+//! `MAX_IN_FLIGHT` entries are in flight; while they are, new commands accumulate into the next
+//! batch, so batches grow with load and a lone client pays no waiting window.
+//!
+//! Any member accepts any command: a follower forwards the batch to the leader over the peer
+//! service. A batch is retried on another leader only when it certainly was not appended
+//! (refused, or never delivered); when its fate is unknown the callers get a timeout, never a
+//! silent retry that could apply it twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::{timeout_at, Instant};
+
+use super::network::{ForwardRefusal, PeerClients, PeerError};
+use super::types::{Member, NodeId, Proposal, ProposalResult, Raft};
+use crate::command::{Command, CommandResult};
+use crate::storage::state::StateStore;
+
+/// Commands per Raft entry at most.
+const MAX_BATCH: usize = 1024;
+/// Raft entries proposed concurrently by one member at most.
+const MAX_IN_FLIGHT: usize = 4;
+/// Pause before retrying after a leader change or an unreachable leader.
+const RETRY_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Why a proposal or a read barrier did not complete. Each maps to etcd's error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// The outcome is unknown: the command may or may not have been applied.
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+}
+
+struct Pending {
+    command: Command,
+    reply: oneshot::Sender<Result<CommandResult, ProposeError>>,
+}
+
+/// Everything needed to get a batch committed; shared by the batcher's tasks.
+#[derive(Clone)]
+struct Submitter {
+    id: NodeId,
+    raft: Raft,
+    clients: PeerClients,
+    timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct RaftHandle {
+    submitter: Submitter,
+    store: Arc<StateStore>,
+    queue: mpsc::Sender<Pending>,
+}
+
+impl RaftHandle {
+    /// Starts the batcher. `timeout` bounds every proposal and read barrier.
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        clients: PeerClients,
+        store: Arc<StateStore>,
+        timeout: Duration,
+    ) -> RaftHandle {
+        let submitter = Submitter {
+            id,
+            raft,
+            clients,
+            timeout,
+        };
+        let (queue, rx) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
+        tokio::spawn(batch_loop(submitter.clone(), rx));
+        RaftHandle {
+            submitter,
+            store,
+            queue,
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.submitter.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.submitter.raft
+    }
+
+    pub fn store(&self) -> &Arc<StateStore> {
+        &self.store
+    }
+
+    pub fn peer_clients(&self) -> &PeerClients {
+        &self.submitter.clients
+    }
+
+    /// Replicates `command` and returns its result once applied on this member.
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.queue
+            .send(Pending { command, reply })
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// Returns once this member has applied everything committed before the call: reads
+    /// served after it are linearizable. Works on followers through the leader's read index.
+    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
+        self.submitter.read_barrier().await
+    }
+
+    /// The leader this member knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.submitter.raft.metrics().borrow().current_leader
+    }
+
+    pub fn term(&self) -> u64 {
+        self.submitter.raft.metrics().borrow().current_term
+    }
+
+    /// Every member: (id, identity, is_learner).
+    pub fn members(&self) -> Vec<(NodeId, Member, bool)> {
+        let metrics = self.submitter.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| (*id, node.clone(), !voters.contains(id)))
+            .collect()
+    }
+}
+
+async fn batch_loop(submitter: Submitter, mut rx: mpsc::Receiver<Pending>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        // Waiting for a slot is what lets the next batch fill up under load.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let submitter = submitter.clone();
+        tokio::spawn(async move {
+            let (commands, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+            let n = commands.len();
+            match submitter.submit(Proposal { commands }).await {
+                Ok(ProposalResult { results }) if results.len() == n => {
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(Ok(result));
+                    }
+                }
+                Ok(other) => {
+                    tracing::error!(expected = n, got = other.results.len(), "result count mismatch");
+                    for reply in replies {
+                        let _ = reply.send(Err(ProposeError::Timeout));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+impl Submitter {
+    fn member(&self, id: NodeId) -> Option<Member> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+    }
+
+    /// Waits until some leader is known.
+    async fn wait_leader(&self, deadline: Instant) -> Result<NodeId, ProposeError> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(leader) = metrics.borrow_and_update().current_leader {
+                return Ok(leader);
+            }
+            match timeout_at(deadline, metrics.changed()).await {
+                Err(_) => return Err(ProposeError::NoLeader),
+                Ok(Err(_)) => return Err(ProposeError::Stopped),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    async fn backoff(&self, deadline: Instant) -> Result<(), ProposeError> {
+        if Instant::now() + RETRY_BACKOFF >= deadline {
+            return Err(ProposeError::Timeout);
+        }
+        tokio::time::sleep(RETRY_BACKOFF).await;
+        Ok(())
+    }
+
+    async fn submit(&self, proposal: Proposal) -> Result<ProposalResult, ProposeError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let leader = self.wait_leader(deadline).await?;
+            if leader == self.id {
+                match timeout_at(deadline, self.raft.client_write(proposal.clone())).await {
+                    Err(_) => return Err(ProposeError::Timeout),
+                    Ok(Ok(resp)) => return Ok(resp.data),
+                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                        self.backoff(deadline).await?
+                    }
+                    Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                        tracing::error!(%e, "membership error on a normal proposal");
+                        return Err(ProposeError::Timeout);
+                    }
+                    Ok(Err(RaftError::Fatal(_))) => return Err(ProposeError::Stopped),
+                }
+                continue;
+            }
+            let Some(member) = self.member(leader) else {
+                self.backoff(deadline).await?;
+                continue;
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self.clients.propose(leader, &member, &proposal, remaining).await {
+                Ok(Ok(result)) => return Ok(result),
+                // Refused or never delivered: certainly not appended, safe to retry.
+                Ok(Err(ForwardRefusal::NotLeader(_) | ForwardRefusal::Stopped))
+                | Err(PeerError::Unreachable(..)) => self.backoff(deadline).await?,
+                Err(e) => {
+                    tracing::debug!(%e, "forwarded proposal failed with unknown outcome");
+                    return Err(ProposeError::Timeout);
+                }
+            }
+        }
+    }
+
+    async fn read_barrier(&self) -> Result<(), ProposeError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let leader = self.wait_leader(deadline).await?;
+            let index = if leader == self.id {
+                match timeout_at(deadline, self.raft.get_read_log_id()).await {
+                    Err(_) => return Err(ProposeError::Timeout),
+                    Ok(Ok((read_log_id, _))) => read_log_id.map(|l| l.index),
+                    Ok(Err(RaftError::APIError(
+                        CheckIsLeaderError::ForwardToLeader(_)
+                        | CheckIsLeaderError::QuorumNotEnough(_),
+                    ))) => {
+                        self.backoff(deadline).await?;
+                        continue;
+                    }
+                    Ok(Err(RaftError::Fatal(_))) => return Err(ProposeError::Stopped),
+                }
+            } else {
+                let Some(member) = self.member(leader) else {
+                    self.backoff(deadline).await?;
+                    continue;
+                };
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match self.clients.read_index(leader, &member, remaining).await {
+                    Ok(r) if !r.not_leader => Some(r.index),
+                    // Reads have no effect, so any failure can be retried.
+                    Ok(_) | Err(_) => {
+                        self.backoff(deadline).await?;
+                        continue;
+                    }
+                }
+            };
+            if let Some(index) = index {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                self.raft
+                    .wait(Some(remaining))
+                    .applied_index_at_least(Some(index), "read barrier")
+                    .await
+                    .map_err(|_| ProposeError::Timeout)?;
+            }
+            return Ok(());
+        }
+    }
+}

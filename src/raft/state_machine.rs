@@ -1,0 +1,276 @@
+//! The Raft state machine: applies committed entries to the MVCC store, atomically with the
+//! last-applied log id, and builds / installs snapshots.
+
+use std::io::{self, Cursor};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+use super::types::{
+    Entry, LogId, Proposal, ProposalResult, Snapshot, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
+};
+use crate::command::{Command, CommandResult};
+use crate::mvcc::{MvccError, Writer};
+use crate::pb::mvccpb::Event;
+use crate::storage::state::{meta, StateStore};
+
+/// Receives the events of every applied batch, in revision order. Must not block: apply waits
+/// for it.
+pub type EventSink = Arc<dyn Fn(Vec<Event>) + Send + Sync>;
+
+/// A snapshot as kept in memory and on disk.
+#[derive(Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+pub struct StateMachine {
+    store: Arc<StateStore>,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    /// Latest snapshot, shared with snapshot builders; also persisted in `snapshot_path` so a
+    /// restarted member can still send it to a lagging follower.
+    current: Arc<Mutex<Option<StoredSnapshot>>>,
+    snapshot_path: PathBuf,
+    events: EventSink,
+}
+
+fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_state_machine(&e).into()
+}
+
+fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn decode_meta<T: for<'de> Deserialize<'de>>(
+    store: &StateStore,
+    name: &[u8],
+) -> Result<Option<T>, StorageError> {
+    match store.read_meta(name).map_err(|e| sm_read_err(e))? {
+        None => Ok(None),
+        Some(bytes) => bincode::deserialize(&bytes)
+            .map(Some)
+            .map_err(|e| sm_read_err(*e)),
+    }
+}
+
+impl StateMachine {
+    pub fn open(
+        store: Arc<StateStore>,
+        snapshot_path: &Path,
+        events: EventSink,
+    ) -> Result<StateMachine, StorageError> {
+        let applied = decode_meta::<Option<LogId>>(&store, meta::APPLIED)?.flatten();
+        let membership = decode_meta(&store, meta::MEMBERSHIP)?.unwrap_or_default();
+        let current = match std::fs::read(snapshot_path) {
+            Ok(bytes) => Some(bincode::deserialize(&bytes).map_err(|e| {
+                StorageError::from(StorageIOError::read_snapshot(None, &*e))
+            })?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
+        };
+        Ok(StateMachine {
+            store,
+            applied,
+            membership,
+            current: Arc::new(Mutex::new(current)),
+            snapshot_path: snapshot_path.to_path_buf(),
+            events,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<StateStore> {
+        &self.store
+    }
+}
+
+/// Applies one command. Refusals (bad revision, unknown lease, ...) become results; only a
+/// storage failure is an error, and it stops the member.
+fn apply_command<B: crate::mvcc::Backend>(
+    w: &mut Writer<'_, B>,
+    cmd: &Command,
+) -> Result<CommandResult, StorageError> {
+    let result = match cmd {
+        Command::Put(r) => w.put(r).map(CommandResult::Put),
+        Command::DeleteRange(r) => w.delete_range(r).map(CommandResult::DeleteRange),
+        Command::Txn(r) => w.txn(r).map(CommandResult::Txn),
+        Command::Compact(r) => w.compact(r).map(CommandResult::Compact),
+    };
+    match result {
+        Ok(r) => Ok(r),
+        Err(e @ (MvccError::Storage(_) | MvccError::Corrupt(_))) => Err(sm_write_err(e)),
+        Err(e) => Ok(CommandResult::Error(e)),
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ProposalResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let store = self.store.clone();
+        let backend = store.backend();
+        let mut writer = Writer::new(&backend, store.revision(), store.compacted());
+        let mut responses = Vec::new();
+        let mut last = None;
+        for entry in entries {
+            last = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => responses.push(ProposalResult::default()),
+                EntryPayload::Normal(Proposal { commands }) => {
+                    let mut results = Vec::with_capacity(commands.len());
+                    for cmd in &commands {
+                        results.push(apply_command(&mut writer, cmd)?);
+                    }
+                    responses.push(ProposalResult { results });
+                }
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    responses.push(ProposalResult::default());
+                }
+            }
+        }
+        let Some(last) = last else {
+            return Ok(responses);
+        };
+        let out = writer.into_parts();
+        let applied = bincode::serialize(&Some(last)).map_err(|e| sm_write_err(*e))?;
+        let membership = bincode::serialize(&self.membership).map_err(|e| sm_write_err(*e))?;
+        store
+            .commit(
+                out.writes,
+                &[(meta::APPLIED, applied), (meta::MEMBERSHIP, membership)],
+                out.revision,
+                out.compacted,
+            )
+            .map_err(|e| sm_write_err(e))?;
+        self.applied = Some(last);
+        if !out.events.is_empty() {
+            (self.events)(out.events);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            store: self.store.clone(),
+            current: self.current.clone(),
+            snapshot_path: self.snapshot_path.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        snap_meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let records: Vec<(Vec<u8>, Vec<u8>)> = bincode::deserialize(&data).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(Some(snap_meta.signature()), &*e))
+        })?;
+        // `restore` flushes: openraft may purge the log right after this returns.
+        self.store.restore(records).map_err(|e| sm_write_err(e))?;
+        self.applied = snap_meta.last_log_id;
+        self.membership = snap_meta.last_membership.clone();
+        let stored = StoredSnapshot {
+            meta: snap_meta.clone(),
+            data,
+        };
+        persist_snapshot(&self.snapshot_path, &stored)?;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok(current.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+/// Writes the snapshot file atomically (temp file, fsync, rename).
+fn persist_snapshot(path: &Path, snap: &StoredSnapshot) -> Result<(), StorageError> {
+    let err = |e: io::Error| -> StorageError {
+        StorageIOError::write_snapshot(Some(snap.meta.signature()), &e).into()
+    };
+    let bytes = bincode::serialize(snap).map_err(|e| err(io::Error::other(e)))?;
+    let tmp = path.with_extension("tmp");
+    let write = || -> io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(err)
+}
+
+pub struct SnapshotBuilder {
+    store: Arc<StateStore>,
+    current: Arc<Mutex<Option<StoredSnapshot>>>,
+    snapshot_path: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let records = self.store.dump().map_err(|e| sm_read_err(e))?;
+        let find = |name: &[u8]| {
+            let key = [&[b'm'][..], name].concat();
+            records.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+        };
+        let last_log_id: Option<LogId> = match find(meta::APPLIED) {
+            Some(b) => bincode::deserialize(&b).map_err(|e| sm_read_err(*e))?,
+            None => None,
+        };
+        let last_membership: StoredMembership = match find(meta::MEMBERSHIP) {
+            Some(b) => bincode::deserialize(&b).map_err(|e| sm_read_err(*e))?,
+            None => StoredMembership::default(),
+        };
+        let data = bincode::serialize(&records).map_err(|e| sm_read_err(*e))?;
+        let snapshot_id = match last_log_id {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, records.len()),
+            None => format!("empty-{}", records.len()),
+        };
+        let snap_meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+        // The state up to this snapshot must be durable before openraft purges the log it was
+        // built from; the state machine does not flush on every apply.
+        self.store.flush().await.map_err(|e| sm_write_err(e))?;
+        let stored = StoredSnapshot {
+            meta: snap_meta.clone(),
+            data: data.clone(),
+        };
+        persist_snapshot(&self.snapshot_path, &stored)?;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
+        Ok(Snapshot {
+            meta: snap_meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
