@@ -18,6 +18,12 @@ pub enum Command {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(CompactionRequest),
+    /// A member announces the URLs clients reach it on (etcd's "publish" step), so that every
+    /// member can list every other member's client URLs.
+    PublishMember {
+        id: u64,
+        client_urls: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +32,8 @@ pub enum CommandResult {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact(CompactionResponse),
+    /// A command with nothing to report succeeded.
+    Done,
     /// The command was refused and changed nothing.
     Error(MvccError),
 }

@@ -1,6 +1,32 @@
-//! corral: a coordination service.
+//! corral: a coordination service — etcd's v3 API on a Raft-replicated, sled-backed store.
+//!
+//! # Layout
+//!
+//! Requests flow one way: gRPC service → command → Raft proposal → apply to the state
+//! machine → response (and, later, watch events).
+//!
+//! - [`config`]: `corral serve` flags (etcd-shaped, also from `CORRAL_*` env), validation,
+//!   member and cluster ids, the openraft config.
+//! - [`node`]: the one place that wires storage, Raft, services and listeners together.
+//! - [`api`]: one tonic service per file (KV, Cluster, Maintenance) plus the single
+//!   error → `Status` mapping. Validation and routing only; no business logic.
+//! - [`command`]: what gets replicated (Put, DeleteRange, Txn, Compact, member publish) and
+//!   what applying it returns.
+//! - [`raft`]: openraft types, the state machine, the peer network (client) and peer service
+//!   (server), and the `RaftHandle` facade: batched `propose`, `read_barrier`, leader, members.
+//! - [`mvcc`]: etcd's MVCC semantics — revisions, versions, tombstones, Range / Put /
+//!   DeleteRange / Txn / Compact — pure and deterministic over an ordered `Backend`.
+//! - [`storage`]: sled, and nothing else names it: the Raft log store (group commit) and the
+//!   state-machine store (one atomic batch per apply).
+//! - [`ops`]: the metrics/health HTTP endpoint.
+//! - [`pb`]: generated protobuf code (etcd's packages and corral's peer protocol).
+
+pub mod api;
 pub mod command;
+pub mod config;
 pub mod mvcc;
+pub mod node;
+pub mod ops;
 pub mod pb;
 pub mod raft;
 pub mod storage;

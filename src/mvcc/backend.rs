@@ -202,10 +202,19 @@ mod tests {
         assert_eq!(o.first_in(b"a\x00", b"bb").unwrap(), None);
         let c = o.first_in(b"bc", b"z").unwrap().unwrap();
         assert_eq!(c, (b"c".to_vec(), b"33".to_vec()));
-        assert_eq!(o.last_in(b"a", Bound::Included(b"bz")).unwrap().unwrap().0, b"bb".to_vec());
-        assert_eq!(o.last_in(b"a", Bound::Included(b"b")).unwrap().unwrap().0, b"a".to_vec());
+        assert_eq!(
+            o.last_in(b"a", Bound::Included(b"bz")).unwrap().unwrap().0,
+            b"bb".to_vec()
+        );
+        assert_eq!(
+            o.last_in(b"a", Bound::Included(b"b")).unwrap().unwrap().0,
+            b"a".to_vec()
+        );
         o.remove(b"a".to_vec());
         assert_eq!(o.last_in(b"a", Bound::Included(b"b")).unwrap(), None);
-        assert_eq!(o.last_in(b"a", Bound::Excluded(b"z")).unwrap().unwrap().0, b"d".to_vec());
+        assert_eq!(
+            o.last_in(b"a", Bound::Excluded(b"z")).unwrap().unwrap().0,
+            b"d".to_vec()
+        );
     }
 }

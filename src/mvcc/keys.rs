@@ -226,8 +226,18 @@ mod tests {
     #[test]
     fn encoding_preserves_key_order_and_roundtrips() {
         let keys: Vec<&[u8]> = vec![
-            b"", b"\x00", b"\x00\x00", b"\x00\x01", b"a", b"a\x00", b"a\x00b", b"a\x01", b"ab",
-            b"b", b"\xff", b"\xff\x00",
+            b"",
+            b"\x00",
+            b"\x00\x00",
+            b"\x00\x01",
+            b"a",
+            b"a\x00",
+            b"a\x00b",
+            b"a\x01",
+            b"ab",
+            b"b",
+            b"\xff",
+            b"\xff\x00",
         ];
         for w in keys.windows(2) {
             assert!(w[0] < w[1]);
@@ -251,7 +261,10 @@ mod tests {
             value: b"v".to_vec(),
         };
         assert_eq!(Record::decode(&live.encode()).unwrap(), live);
-        assert_eq!(Record::decode(&Record::Tombstone.encode()).unwrap(), Record::Tombstone);
+        assert_eq!(
+            Record::decode(&Record::Tombstone.encode()).unwrap(),
+            Record::Tombstone
+        );
         assert!(Record::decode(&[9]).is_err());
         assert!(Record::decode(&[]).is_err());
     }

@@ -70,7 +70,10 @@ pub enum KeySpan<'a> {
     /// `range_end` empty: just `key`.
     Single(&'a [u8]),
     /// `[start, end)`; `end == None` means every key `>= start` (`range_end == "\0"`).
-    Range { start: &'a [u8], end: Option<&'a [u8]> },
+    Range {
+        start: &'a [u8],
+        end: Option<&'a [u8]>,
+    },
 }
 
 impl<'a> KeySpan<'a> {

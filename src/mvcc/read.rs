@@ -124,7 +124,9 @@ pub fn range<B: Backend>(
     } else if order != SortOrder::None || filtered || req.limit <= 0 {
         usize::MAX
     } else {
-        usize::try_from(req.limit).unwrap_or(usize::MAX).saturating_add(1)
+        usize::try_from(req.limit)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1)
     };
     let span = KeySpan::new(&req.key, &req.range_end);
     let mut count: i64 = 0;

@@ -134,7 +134,12 @@ fn revisions_start_at_one_and_each_write_takes_the_next() {
     assert_eq!(a.value, b"2");
     // Deleting nothing changes nothing, not even the revision.
     let d = s
-        .write(|w| w.delete_range(&DeleteRangeRequest { key: "zz".into(), ..Default::default() }))
+        .write(|w| {
+            w.delete_range(&DeleteRangeRequest {
+                key: "zz".into(),
+                ..Default::default()
+            })
+        })
         .unwrap();
     assert_eq!(d.deleted, 0);
     assert_eq!(s.rev, 4);
@@ -164,7 +169,11 @@ fn delete_leaves_tombstone_and_recreate_starts_new_generation() {
     s.put("a", "3"); // rev 5
     let a = s.get("a").unwrap();
     assert_eq!((a.create_revision, a.mod_revision, a.version), (5, 5, 1));
-    let ev: Vec<_> = s.events.iter().map(|e| (e.r#type, e.kv.as_ref().unwrap().mod_revision)).collect();
+    let ev: Vec<_> = s
+        .events
+        .iter()
+        .map(|e| (e.r#type, e.kv.as_ref().unwrap().mod_revision))
+        .collect();
     assert_eq!(
         ev,
         vec![
@@ -181,7 +190,14 @@ fn put_prev_kv_ignore_value_and_ignore_lease() {
     let mut s = Store::new();
     s.grant_lease(7);
     let r = s
-        .write(|w| w.put(&PutRequest { key: "k".into(), value: "v1".into(), lease: 7, ..Default::default() }))
+        .write(|w| {
+            w.put(&PutRequest {
+                key: "k".into(),
+                value: "v1".into(),
+                lease: 7,
+                ..Default::default()
+            })
+        })
         .unwrap();
     assert!(r.prev_kv.is_none());
     let r = s
@@ -200,23 +216,54 @@ fn put_prev_kv_ignore_value_and_ignore_lease() {
     assert_eq!((k.value.as_slice(), k.lease, k.version), (&b"v1"[..], 7, 2));
     // ignore_value on a missing key
     let err = s
-        .write(|w| w.put(&PutRequest { key: "nope".into(), ignore_value: true, ..Default::default() }))
+        .write(|w| {
+            w.put(&PutRequest {
+                key: "nope".into(),
+                ignore_value: true,
+                ..Default::default()
+            })
+        })
         .unwrap_err();
     assert_eq!(err, MvccError::KeyNotFound);
     assert_eq!(err.to_string(), "etcdserver: key not found");
     // unknown lease: refused, nothing changed
     let before = (s.rev, s.map.clone());
     let err = s
-        .write(|w| w.put(&PutRequest { key: "x".into(), lease: 99, ..Default::default() }))
+        .write(|w| {
+            w.put(&PutRequest {
+                key: "x".into(),
+                lease: 99,
+                ..Default::default()
+            })
+        })
         .unwrap_err();
     assert_eq!(err.to_string(), "etcdserver: requested lease not found");
     assert_eq!((s.rev, s.map.clone()), before);
     // request validation
-    assert_eq!(validate::check_put(&put_req("", "v")), Err(MvccError::EmptyKey));
-    let both = PutRequest { key: "k".into(), value: "v".into(), ignore_value: true, ..Default::default() };
-    assert_eq!(validate::check_put(&both).unwrap_err().to_string(), "etcdserver: value is provided");
-    let both = PutRequest { key: "k".into(), lease: 1, ignore_lease: true, ..Default::default() };
-    assert_eq!(validate::check_put(&both).unwrap_err().to_string(), "etcdserver: lease is provided");
+    assert_eq!(
+        validate::check_put(&put_req("", "v")),
+        Err(MvccError::EmptyKey)
+    );
+    let both = PutRequest {
+        key: "k".into(),
+        value: "v".into(),
+        ignore_value: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        validate::check_put(&both).unwrap_err().to_string(),
+        "etcdserver: value is provided"
+    );
+    let both = PutRequest {
+        key: "k".into(),
+        lease: 1,
+        ignore_lease: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        validate::check_put(&both).unwrap_err().to_string(),
+        "etcdserver: lease is provided"
+    );
 }
 
 #[test]
@@ -224,9 +271,23 @@ fn lease_attachments_follow_the_key() {
     let mut s = Store::new();
     s.grant_lease(1);
     s.grant_lease(2);
-    s.write(|w| w.put(&PutRequest { key: "k".into(), lease: 1, ..Default::default() })).unwrap();
+    s.write(|w| {
+        w.put(&PutRequest {
+            key: "k".into(),
+            lease: 1,
+            ..Default::default()
+        })
+    })
+    .unwrap();
     assert!(s.map.contains_key(&keys::attach_key(1, b"k")));
-    s.write(|w| w.put(&PutRequest { key: "k".into(), lease: 2, ..Default::default() })).unwrap();
+    s.write(|w| {
+        w.put(&PutRequest {
+            key: "k".into(),
+            lease: 2,
+            ..Default::default()
+        })
+    })
+    .unwrap();
     assert!(!s.map.contains_key(&keys::attach_key(1, b"k")));
     assert!(s.map.contains_key(&keys::attach_key(2, b"k")));
     s.write(|w| w.delete_keys(&[b"k".to_vec()])).unwrap();
@@ -260,16 +321,36 @@ fn range_forms_single_span_prefix_and_from_key() {
 #[test]
 fn range_limit_more_count_keys_only_count_only() {
     let s = abc_store();
-    let r = s.range(RangeRequest { limit: 2, ..range_req("a", "\0") }).unwrap();
+    let r = s
+        .range(RangeRequest {
+            limit: 2,
+            ..range_req("a", "\0")
+        })
+        .unwrap();
     assert_eq!(r.kvs.len(), 2);
     assert!(r.more);
     assert_eq!(r.count, 5);
-    let r = s.range(RangeRequest { limit: 5, ..range_req("a", "\0") }).unwrap();
+    let r = s
+        .range(RangeRequest {
+            limit: 5,
+            ..range_req("a", "\0")
+        })
+        .unwrap();
     assert!(!r.more);
-    let r = s.range(RangeRequest { keys_only: true, ..range_req("a", "") }).unwrap();
+    let r = s
+        .range(RangeRequest {
+            keys_only: true,
+            ..range_req("a", "")
+        })
+        .unwrap();
     assert!(r.kvs[0].value.is_empty());
     assert_eq!(r.kvs[0].key, b"a");
-    let r = s.range(RangeRequest { count_only: true, ..range_req("a", "\0") }).unwrap();
+    let r = s
+        .range(RangeRequest {
+            count_only: true,
+            ..range_req("a", "\0")
+        })
+        .unwrap();
     assert!(r.kvs.is_empty());
     assert_eq!(r.count, 5);
 }
@@ -284,13 +365,25 @@ fn range_sort_orders_and_targets() {
             ..range_req("a", "\0")
         })
     };
-    assert_eq!(sorted(SortOrder::Descend, SortTarget::Key), vec!["d", "c/1", "c", "b", "a"]);
-    assert_eq!(sorted(SortOrder::Ascend, SortTarget::Value), vec!["d", "c", "a", "b", "c/1"]);
+    assert_eq!(
+        sorted(SortOrder::Descend, SortTarget::Key),
+        vec!["d", "c/1", "c", "b", "a"]
+    );
+    assert_eq!(
+        sorted(SortOrder::Ascend, SortTarget::Value),
+        vec!["d", "c", "a", "b", "c/1"]
+    );
     // A target without an order sorts ascending, as etcd does.
-    assert_eq!(sorted(SortOrder::None, SortTarget::Value), vec!["d", "c", "a", "b", "c/1"]);
+    assert_eq!(
+        sorted(SortOrder::None, SortTarget::Value),
+        vec!["d", "c", "a", "b", "c/1"]
+    );
     assert_eq!(sorted(SortOrder::Descend, SortTarget::Mod)[0], "b");
     assert_eq!(sorted(SortOrder::Descend, SortTarget::Version)[0], "b");
-    assert_eq!(sorted(SortOrder::Ascend, SortTarget::Create), vec!["a", "b", "c", "c/1", "d"]);
+    assert_eq!(
+        sorted(SortOrder::Ascend, SortTarget::Create),
+        vec!["a", "b", "c", "c/1", "d"]
+    );
     // limit applies after sorting
     let r = s
         .range(RangeRequest {
@@ -301,32 +394,85 @@ fn range_sort_orders_and_targets() {
         .unwrap();
     assert_eq!(r.kvs[0].key, b"d");
     assert!(r.more);
-    let bad = RangeRequest { sort_order: 9, ..range_req("a", "") };
-    assert_eq!(s.range(bad).unwrap_err().to_string(), "etcdserver: invalid sort option");
+    let bad = RangeRequest {
+        sort_order: 9,
+        ..range_req("a", "")
+    };
+    assert_eq!(
+        s.range(bad).unwrap_err().to_string(),
+        "etcdserver: invalid sort option"
+    );
 }
 
 #[test]
 fn range_revision_filters() {
     let s = abc_store(); // a:2 b:3->7 c:4 c/1:5 d:6
     let f = |req: RangeRequest| s.keys(RangeRequest { ..req });
-    assert_eq!(f(RangeRequest { min_mod_revision: 6, ..range_req("a", "\0") }), vec!["b", "d"]);
-    assert_eq!(f(RangeRequest { max_mod_revision: 3, ..range_req("a", "\0") }), vec!["a"]);
-    assert_eq!(f(RangeRequest { min_create_revision: 4, ..range_req("a", "\0") }), vec!["c", "c/1", "d"]);
-    assert_eq!(f(RangeRequest { max_create_revision: 3, ..range_req("a", "\0") }), vec!["a", "b"]);
-    let r = s.range(RangeRequest { min_mod_revision: 6, limit: 1, ..range_req("a", "\0") }).unwrap();
+    assert_eq!(
+        f(RangeRequest {
+            min_mod_revision: 6,
+            ..range_req("a", "\0")
+        }),
+        vec!["b", "d"]
+    );
+    assert_eq!(
+        f(RangeRequest {
+            max_mod_revision: 3,
+            ..range_req("a", "\0")
+        }),
+        vec!["a"]
+    );
+    assert_eq!(
+        f(RangeRequest {
+            min_create_revision: 4,
+            ..range_req("a", "\0")
+        }),
+        vec!["c", "c/1", "d"]
+    );
+    assert_eq!(
+        f(RangeRequest {
+            max_create_revision: 3,
+            ..range_req("a", "\0")
+        }),
+        vec!["a", "b"]
+    );
+    let r = s
+        .range(RangeRequest {
+            min_mod_revision: 6,
+            limit: 1,
+            ..range_req("a", "\0")
+        })
+        .unwrap();
     assert_eq!((r.kvs.len(), r.more), (1, true));
 }
 
 #[test]
 fn range_at_past_future_and_compacted_revisions() {
     let s = abc_store();
-    let r = s.range(RangeRequest { revision: 3, ..range_req("a", "\0") }).unwrap();
+    let r = s
+        .range(RangeRequest {
+            revision: 3,
+            ..range_req("a", "\0")
+        })
+        .unwrap();
     let keys: Vec<_> = r.kvs.iter().map(|kv| kv.key.clone()).collect();
     assert_eq!(keys, vec![b"a".to_vec(), b"b".to_vec()]);
     assert_eq!(r.kvs[1].value, b"1");
-    assert_eq!(r.header.unwrap().revision, 7, "header carries the current revision");
-    let err = s.range(RangeRequest { revision: 8, ..range_req("a", "") }).unwrap_err();
-    assert_eq!(err.to_string(), "etcdserver: mvcc: required revision is a future revision");
+    assert_eq!(
+        r.header.unwrap().revision,
+        7,
+        "header carries the current revision"
+    );
+    let err = s
+        .range(RangeRequest {
+            revision: 8,
+            ..range_req("a", "")
+        })
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "etcdserver: mvcc: required revision is a future revision"
+    );
 }
 
 #[test]
@@ -335,17 +481,43 @@ fn compaction_keeps_latest_versions_and_drops_the_rest() {
     s.put("a", "1"); // 2
     s.put("a", "2"); // 3
     s.put("b", "1"); // 4
-    s.write(|w| w.delete_range(&DeleteRangeRequest { key: "b".into(), ..Default::default() })).unwrap(); // 5
+    s.write(|w| {
+        w.delete_range(&DeleteRangeRequest {
+            key: "b".into(),
+            ..Default::default()
+        })
+    })
+    .unwrap(); // 5
     s.put("a", "3"); // 6
-    let r = s.write(|w| w.compact(&CompactionRequest { revision: 5, physical: true })).unwrap();
+    let r = s
+        .write(|w| {
+            w.compact(&CompactionRequest {
+                revision: 5,
+                physical: true,
+            })
+        })
+        .unwrap();
     assert_eq!(r.header.unwrap().revision, 6);
     assert_eq!(s.compacted, 5);
     // At the compaction revision itself reads still work.
-    let at5 = s.range(RangeRequest { revision: 5, ..range_req("a", "\0") }).unwrap();
+    let at5 = s
+        .range(RangeRequest {
+            revision: 5,
+            ..range_req("a", "\0")
+        })
+        .unwrap();
     assert_eq!(at5.kvs.len(), 1);
     assert_eq!(at5.kvs[0].value, b"2");
-    let err = s.range(RangeRequest { revision: 4, ..range_req("a", "") }).unwrap_err();
-    assert_eq!(err.to_string(), "etcdserver: mvcc: required revision has been compacted");
+    let err = s
+        .range(RangeRequest {
+            revision: 4,
+            ..range_req("a", "")
+        })
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
     // Physically: a@2 dropped, a@3 and a@6 kept, b's versions and tombstone gone.
     let versions: Vec<_> = s
         .map
@@ -354,11 +526,29 @@ fn compaction_keeps_latest_versions_and_drops_the_rest() {
         .map(|k| keys::decode_version_key(k).unwrap())
         .collect();
     assert_eq!(versions, vec![(b"a".to_vec(), 3), (b"a".to_vec(), 6)]);
-    assert!(s.map.keys().filter(|k| k[0] == keys::HISTORY_SPACE).all(|k| keys::decode_history_key(k).unwrap().0 >= 5));
+    assert!(s
+        .map
+        .keys()
+        .filter(|k| k[0] == keys::HISTORY_SPACE)
+        .all(|k| keys::decode_history_key(k).unwrap().0 >= 5));
     // Compacting again at or below the floor, or in the future, is refused.
-    let e = s.write(|w| w.compact(&CompactionRequest { revision: 5, physical: false })).unwrap_err();
+    let e = s
+        .write(|w| {
+            w.compact(&CompactionRequest {
+                revision: 5,
+                physical: false,
+            })
+        })
+        .unwrap_err();
     assert_eq!(e, MvccError::Compacted);
-    let e = s.write(|w| w.compact(&CompactionRequest { revision: 7, physical: false })).unwrap_err();
+    let e = s
+        .write(|w| {
+            w.compact(&CompactionRequest {
+                revision: 7,
+                physical: false,
+            })
+        })
+        .unwrap_err();
     assert_eq!(e, MvccError::FutureRevision);
     assert_eq!(s.get("a").unwrap().version, 3);
 }
@@ -367,22 +557,67 @@ fn compaction_keeps_latest_versions_and_drops_the_rest() {
 fn txn_compares_every_target_and_result() {
     let mut s = Store::new();
     s.put("k", "m"); // rev 2, version 1
-    let check = |s: &mut Store, c: Compare| s.write(|w| w.txn(&TxnRequest { compare: vec![c], ..Default::default() })).unwrap().succeeded;
+    let check = |s: &mut Store, c: Compare| {
+        s.write(|w| {
+            w.txn(&TxnRequest {
+                compare: vec![c],
+                ..Default::default()
+            })
+        })
+        .unwrap()
+        .succeeded
+    };
     use CompareResult::*;
     use CompareTarget as T;
-    assert!(check(&mut s, cmp("k", T::Value, Equal, TargetUnion::Value("m".into()))));
-    assert!(check(&mut s, cmp("k", T::Value, Greater, TargetUnion::Value("a".into()))));
-    assert!(check(&mut s, cmp("k", T::Value, Less, TargetUnion::Value("z".into()))));
-    assert!(check(&mut s, cmp("k", T::Value, NotEqual, TargetUnion::Value("x".into()))));
-    assert!(check(&mut s, cmp("k", T::Version, Equal, TargetUnion::Version(1))));
-    assert!(check(&mut s, cmp("k", T::Create, Equal, TargetUnion::CreateRevision(2))));
-    assert!(check(&mut s, cmp("k", T::Mod, Less, TargetUnion::ModRevision(3))));
-    assert!(check(&mut s, cmp("k", T::Lease, Equal, TargetUnion::Lease(0))));
-    assert!(!check(&mut s, cmp("k", T::Version, Greater, TargetUnion::Version(1))));
+    assert!(check(
+        &mut s,
+        cmp("k", T::Value, Equal, TargetUnion::Value("m".into()))
+    ));
+    assert!(check(
+        &mut s,
+        cmp("k", T::Value, Greater, TargetUnion::Value("a".into()))
+    ));
+    assert!(check(
+        &mut s,
+        cmp("k", T::Value, Less, TargetUnion::Value("z".into()))
+    ));
+    assert!(check(
+        &mut s,
+        cmp("k", T::Value, NotEqual, TargetUnion::Value("x".into()))
+    ));
+    assert!(check(
+        &mut s,
+        cmp("k", T::Version, Equal, TargetUnion::Version(1))
+    ));
+    assert!(check(
+        &mut s,
+        cmp("k", T::Create, Equal, TargetUnion::CreateRevision(2))
+    ));
+    assert!(check(
+        &mut s,
+        cmp("k", T::Mod, Less, TargetUnion::ModRevision(3))
+    ));
+    assert!(check(
+        &mut s,
+        cmp("k", T::Lease, Equal, TargetUnion::Lease(0))
+    ));
+    assert!(!check(
+        &mut s,
+        cmp("k", T::Version, Greater, TargetUnion::Version(1))
+    ));
     // A missing key: version 0 matches, any value compare fails.
-    assert!(check(&mut s, cmp("nope", T::Version, Equal, TargetUnion::Version(0))));
-    assert!(check(&mut s, cmp("nope", T::Create, Equal, TargetUnion::CreateRevision(0))));
-    assert!(!check(&mut s, cmp("nope", T::Value, NotEqual, TargetUnion::Value("x".into()))));
+    assert!(check(
+        &mut s,
+        cmp("nope", T::Version, Equal, TargetUnion::Version(0))
+    ));
+    assert!(check(
+        &mut s,
+        cmp("nope", T::Create, Equal, TargetUnion::CreateRevision(0))
+    ));
+    assert!(!check(
+        &mut s,
+        cmp("nope", T::Value, NotEqual, TargetUnion::Value("x".into()))
+    ));
     // A range compare must hold for every key in the range.
     s.put("k2", "m");
     let mut c = cmp("k", T::Value, Equal, TargetUnion::Value("m".into()));
@@ -397,8 +632,18 @@ fn txn_branches_share_one_revision_and_see_their_own_writes() {
     let mut s = Store::new();
     s.put("x", "1"); // rev 2
     let req = TxnRequest {
-        compare: vec![cmp("x", CompareTarget::Value, CompareResult::Equal, TargetUnion::Value("1".into()))],
-        success: vec![op_put("a", "1"), op_put("b", "2"), op_range("a"), op_del("x", "")],
+        compare: vec![cmp(
+            "x",
+            CompareTarget::Value,
+            CompareResult::Equal,
+            TargetUnion::Value("1".into()),
+        )],
+        success: vec![
+            op_put("a", "1"),
+            op_put("b", "2"),
+            op_range("a"),
+            op_del("x", ""),
+        ],
         failure: vec![op_put("f", "1")],
     };
     let r = s.write(|w| w.txn(&req)).unwrap();
@@ -428,7 +673,13 @@ fn txn_branches_share_one_revision_and_see_their_own_writes() {
     assert!(s.get("f").is_some());
     // A txn that only reads does not move the revision.
     let before = s.rev;
-    s.write(|w| w.txn(&TxnRequest { success: vec![op_range("a")], ..Default::default() })).unwrap();
+    s.write(|w| {
+        w.txn(&TxnRequest {
+            success: vec![op_range("a")],
+            ..Default::default()
+        })
+    })
+    .unwrap();
     assert_eq!(s.rev, before);
 }
 
@@ -438,7 +689,12 @@ fn nested_txns_decide_branches_up_front() {
     s.put("x", "1");
     let inner = TxnRequest {
         // Evaluated against the state before the outer txn: x is still "1".
-        compare: vec![cmp("x", CompareTarget::Value, CompareResult::Equal, TargetUnion::Value("1".into()))],
+        compare: vec![cmp(
+            "x",
+            CompareTarget::Value,
+            CompareResult::Equal,
+            TargetUnion::Value("1".into()),
+        )],
         success: vec![op_put("inner-ok", "1")],
         failure: vec![op_put("inner-failed", "1")],
     };
@@ -446,7 +702,9 @@ fn nested_txns_decide_branches_up_front() {
         compare: vec![],
         success: vec![
             op_put("x", "2"),
-            RequestOp { request: Some(Request::RequestTxn(inner)) },
+            RequestOp {
+                request: Some(Request::RequestTxn(inner)),
+            },
         ],
         failure: vec![],
     };
@@ -455,7 +713,10 @@ fn nested_txns_decide_branches_up_front() {
     assert!(r.succeeded);
     assert!(s.get("inner-ok").is_some());
     assert!(s.get("inner-failed").is_none());
-    assert_eq!(s.get("inner-ok").unwrap().mod_revision, s.get("x").unwrap().mod_revision);
+    assert_eq!(
+        s.get("inner-ok").unwrap().mod_revision,
+        s.get("x").unwrap().mod_revision
+    );
 }
 
 #[test]
@@ -466,51 +727,128 @@ fn txn_failing_check_changes_nothing() {
     let req = TxnRequest {
         success: vec![
             op_put("a", "1"),
-            RequestOp { request: Some(Request::RequestPut(PutRequest { key: "b".into(), lease: 5, ..Default::default() })) },
+            RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: "b".into(),
+                    lease: 5,
+                    ..Default::default()
+                })),
+            },
         ],
         ..Default::default()
     };
-    assert_eq!(s.write(|w| w.txn(&req)).unwrap_err(), MvccError::LeaseNotFound);
+    assert_eq!(
+        s.write(|w| w.txn(&req)).unwrap_err(),
+        MvccError::LeaseNotFound
+    );
     let req = TxnRequest {
         success: vec![
             op_put("a", "1"),
-            RequestOp { request: Some(Request::RequestRange(RangeRequest { key: "a".into(), revision: 99, ..Default::default() })) },
+            RequestOp {
+                request: Some(Request::RequestRange(RangeRequest {
+                    key: "a".into(),
+                    revision: 99,
+                    ..Default::default()
+                })),
+            },
         ],
         ..Default::default()
     };
-    assert_eq!(s.write(|w| w.txn(&req)).unwrap_err(), MvccError::FutureRevision);
+    assert_eq!(
+        s.write(|w| w.txn(&req)).unwrap_err(),
+        MvccError::FutureRevision
+    );
     assert_eq!((s.rev, s.map.clone(), s.events.len()), before);
 }
 
 #[test]
 fn txn_validation_limits_and_duplicates() {
     let many: Vec<_> = (0..129).map(|i| op_put(&format!("k{i}"), "v")).collect();
-    let err = validate::check_txn(&TxnRequest { success: many.clone(), ..Default::default() }).unwrap_err();
-    assert_eq!(err.to_string(), "etcdserver: too many operations in txn request");
-    validate::check_txn(&TxnRequest { success: many[..128].to_vec(), ..Default::default() }).unwrap();
-    let dup = |ops: Vec<RequestOp>| validate::check_txn(&TxnRequest { success: ops, ..Default::default() });
-    assert_eq!(dup(vec![op_put("a", "1"), op_put("a", "2")]).unwrap_err().to_string(), "etcdserver: duplicate key given in txn request");
-    assert_eq!(dup(vec![op_put("a/1", "1"), op_del("a/", "a0")]), Err(MvccError::DuplicateKey));
-    assert_eq!(dup(vec![op_del("a", ""), op_put("a", "1")]), Err(MvccError::DuplicateKey));
+    let err = validate::check_txn(&TxnRequest {
+        success: many.clone(),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "etcdserver: too many operations in txn request"
+    );
+    validate::check_txn(&TxnRequest {
+        success: many[..128].to_vec(),
+        ..Default::default()
+    })
+    .unwrap();
+    let dup = |ops: Vec<RequestOp>| {
+        validate::check_txn(&TxnRequest {
+            success: ops,
+            ..Default::default()
+        })
+    };
+    assert_eq!(
+        dup(vec![op_put("a", "1"), op_put("a", "2")])
+            .unwrap_err()
+            .to_string(),
+        "etcdserver: duplicate key given in txn request"
+    );
+    assert_eq!(
+        dup(vec![op_put("a/1", "1"), op_del("a/", "a0")]),
+        Err(MvccError::DuplicateKey)
+    );
+    assert_eq!(
+        dup(vec![op_del("a", ""), op_put("a", "1")]),
+        Err(MvccError::DuplicateKey)
+    );
     // Overlapping deletes are fine; a put outside every delete is fine.
     dup(vec![op_del("a", "c"), op_del("b", "d"), op_put("z", "1")]).unwrap();
     // Nested: the inner put collides with the outer one.
-    let nested = TxnRequest { success: vec![op_put("a", "1")], ..Default::default() };
-    let err = dup(vec![op_put("a", "0"), RequestOp { request: Some(Request::RequestTxn(nested)) }]);
+    let nested = TxnRequest {
+        success: vec![op_put("a", "1")],
+        ..Default::default()
+    };
+    let err = dup(vec![
+        op_put("a", "0"),
+        RequestOp {
+            request: Some(Request::RequestTxn(nested)),
+        },
+    ]);
     assert_eq!(err, Err(MvccError::DuplicateKey));
     // Success and failure branches are separate: the same key in both is fine.
-    validate::check_txn(&TxnRequest { success: vec![op_put("a", "1")], failure: vec![op_put("a", "2")], ..Default::default() }).unwrap();
+    validate::check_txn(&TxnRequest {
+        success: vec![op_put("a", "1")],
+        failure: vec![op_put("a", "2")],
+        ..Default::default()
+    })
+    .unwrap();
     // Empty keys anywhere are refused.
-    let empty_cmp = TxnRequest { compare: vec![cmp("", CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(0))], ..Default::default() };
+    let empty_cmp = TxnRequest {
+        compare: vec![cmp(
+            "",
+            CompareTarget::Version,
+            CompareResult::Equal,
+            TargetUnion::Version(0),
+        )],
+        ..Default::default()
+    };
     assert_eq!(validate::check_txn(&empty_cmp), Err(MvccError::EmptyKey));
     assert_eq!(dup(vec![op_put("", "1")]), Err(MvccError::EmptyKey));
     // A nested txn shares the budget: 100 outer ops leave 28 for the inner one.
     let mut ops: Vec<_> = (0..100).map(|i| op_range(&format!("r{i}"))).collect();
-    let inner = TxnRequest { success: (0..29).map(|i| op_range(&format!("i{i}"))).collect(), ..Default::default() };
-    ops.push(RequestOp { request: Some(Request::RequestTxn(inner)) });
+    let inner = TxnRequest {
+        success: (0..29).map(|i| op_range(&format!("i{i}"))).collect(),
+        ..Default::default()
+    };
+    ops.push(RequestOp {
+        request: Some(Request::RequestTxn(inner)),
+    });
     assert_eq!(dup(ops), Err(MvccError::TooManyOps));
-    assert!(validate::txn_is_read_only(&TxnRequest { success: vec![op_range("a")], ..Default::default() }));
-    assert!(!validate::txn_is_read_only(&TxnRequest { failure: vec![op_del("a", "")], ..Default::default() }));
+    assert!(validate::txn_is_read_only(&TxnRequest {
+        success: vec![op_range("a")],
+        ..Default::default()
+    }));
+    assert!(!validate::txn_is_read_only(&TxnRequest {
+        failure: vec![op_del("a", "")],
+        ..Default::default()
+    }));
 }
 
 #[test]
@@ -523,6 +861,11 @@ fn keys_with_zero_bytes_and_many_versions() {
     s.put("a\0", "y");
     assert_eq!(s.keys(range_req("a", "b")), vec!["a", "a\0", "a\0b"]);
     assert_eq!(s.get("a\0b").unwrap().version, 50);
-    let r = s.range(RangeRequest { revision: 10, ..range_req("a\0b", "") }).unwrap();
+    let r = s
+        .range(RangeRequest {
+            revision: 10,
+            ..range_req("a\0b", "")
+        })
+        .unwrap();
     assert_eq!(r.kvs[0].value, b"8");
 }

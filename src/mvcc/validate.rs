@@ -100,7 +100,9 @@ fn collect_writes<'a>(
                     return Err(MvccError::DuplicateKey);
                 }
             }
-            Some(Request::RequestDeleteRange(d)) => deletes.push(KeySpan::new(&d.key, &d.range_end)),
+            Some(Request::RequestDeleteRange(d)) => {
+                deletes.push(KeySpan::new(&d.key, &d.range_end))
+            }
             Some(Request::RequestTxn(t)) => {
                 // Only one branch of a nested txn runs, so each is checked against the outer
                 // writes on its own; then both join the outer set, as etcd does.
@@ -135,9 +137,12 @@ fn collect_writes<'a>(
 
 /// True when a txn (nested ones included) cannot write: it can then be served as a read.
 pub fn txn_is_read_only(r: &TxnRequest) -> bool {
-    r.success.iter().chain(&r.failure).all(|op| match &op.request {
-        Some(Request::RequestRange(_)) | None => true,
-        Some(Request::RequestTxn(t)) => txn_is_read_only(t),
-        Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
-    })
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(_)) | None => true,
+            Some(Request::RequestTxn(t)) => txn_is_read_only(t),
+            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
+        })
 }

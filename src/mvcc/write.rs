@@ -2,7 +2,6 @@
 
 use std::cmp::Ordering;
 
-
 use super::keys::{self, Record};
 use super::read::{self, for_each_live, get, resolve_revision};
 use super::{Backend, KeySpan, MvccError, Overlay};
@@ -142,7 +141,10 @@ impl<'a, B: Backend> Writer<'a, B> {
         })
     }
 
-    pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, MvccError> {
+    pub fn delete_range(
+        &mut self,
+        req: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, MvccError> {
         self.atomically(|w| {
             let mut scope = w.begin();
             let mut resp = w.do_delete(&mut scope, req)?;
@@ -240,18 +242,23 @@ impl<'a, B: Backend> Writer<'a, B> {
             value,
             lease,
         };
-        self.write_version(scope, &kv.key, Record::Live {
-            create_revision,
-            version,
-            lease,
-            value: kv.value.clone(),
-        });
+        self.write_version(
+            scope,
+            &kv.key,
+            Record::Live {
+                create_revision,
+                version,
+                lease,
+                value: kv.value.clone(),
+            },
+        );
         let prev_lease = prev.as_ref().map_or(0, |p| p.lease);
         if prev_lease != 0 && prev_lease != lease {
             self.view.remove(keys::attach_key(prev_lease, &kv.key));
         }
         if lease != 0 && prev_lease != lease {
-            self.view.insert(keys::attach_key(lease, &kv.key), Vec::new());
+            self.view
+                .insert(keys::attach_key(lease, &kv.key), Vec::new());
         }
         self.events.push(Event {
             r#type: EventType::Put as i32,
@@ -298,8 +305,10 @@ impl<'a, B: Backend> Writer<'a, B> {
     }
 
     fn write_version(&mut self, scope: &mut Scope, key: &[u8], record: Record) {
-        self.view.insert(keys::version_key(key, scope.rev), record.encode());
-        self.view.insert(keys::history_key(scope.rev, scope.sub), key.to_vec());
+        self.view
+            .insert(keys::version_key(key, scope.rev), record.encode());
+        self.view
+            .insert(keys::history_key(scope.rev, scope.sub), key.to_vec());
         scope.sub += 1;
     }
 
@@ -461,4 +470,3 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
         Err(_) => false,
     }
 }
-

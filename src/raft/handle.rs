@@ -167,7 +167,11 @@ async fn batch_loop(submitter: Submitter, mut rx: mpsc::Receiver<Pending>) {
                     }
                 }
                 Ok(other) => {
-                    tracing::error!(expected = n, got = other.results.len(), "result count mismatch");
+                    tracing::error!(
+                        expected = n,
+                        got = other.results.len(),
+                        "result count mismatch"
+                    );
                     for reply in replies {
                         let _ = reply.send(Err(ProposeError::Timeout));
                     }
@@ -241,7 +245,11 @@ impl Submitter {
                 continue;
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match self.clients.propose(leader, &member, &proposal, remaining).await {
+            match self
+                .clients
+                .propose(leader, &member, &proposal, remaining)
+                .await
+            {
                 Ok(Ok(result)) => return Ok(result),
                 // Refused or never delivered: certainly not appended, safe to retry.
                 Ok(Err(ForwardRefusal::NotLeader(_) | ForwardRefusal::Stopped))

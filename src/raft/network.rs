@@ -33,19 +33,31 @@ pub struct Faults {
 
 impl Faults {
     pub fn block(&self, peer: NodeId) {
-        self.blocked.write().unwrap_or_else(|p| p.into_inner()).insert(peer);
+        self.blocked
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer);
     }
 
     pub fn unblock(&self, peer: NodeId) {
-        self.blocked.write().unwrap_or_else(|p| p.into_inner()).remove(&peer);
+        self.blocked
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&peer);
     }
 
     pub fn heal(&self) {
-        self.blocked.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.blocked
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     pub fn is_blocked(&self, peer: NodeId) -> bool {
-        self.blocked.read().unwrap_or_else(|p| p.into_inner()).contains(&peer)
+        self.blocked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&peer)
     }
 }
 
@@ -103,7 +115,10 @@ impl PeerClients {
 
     fn client(&self, peer: NodeId, member: &Member) -> Result<PeerClient<Channel>, PeerError> {
         if self.faults.is_blocked(peer) {
-            return Err(PeerError::Unreachable(peer, "blocked by fault injection".into()));
+            return Err(PeerError::Unreachable(
+                peer,
+                "blocked by fault injection".into(),
+            ));
         }
         let url = member
             .peer_urls
@@ -151,7 +166,10 @@ impl PeerClients {
         let mut client = self.client(peer, member)?;
         let mut req = tonic::Request::new(ReadIndexRequest {});
         req.set_timeout(timeout);
-        let resp = client.read_index(req).await.map_err(|s| classify(peer, s))?;
+        let resp = client
+            .read_index(req)
+            .await
+            .map_err(|s| classify(peer, s))?;
         Ok(resp.into_inner())
     }
 }
@@ -213,7 +231,10 @@ impl PeerNetwork {
                 _ => RPCError::Network(NetworkError::new(&e)),
             }
         };
-        let client = self.clients.client(self.target, &self.member).map_err(to_rpc_err)?;
+        let client = self
+            .clients
+            .client(self.target, &self.member)
+            .map_err(to_rpc_err)?;
         let mut request = tonic::Request::new(encode(req).map_err(to_rpc_err)?);
         request.set_timeout(option.hard_ttl());
         let resp = rpc(client, request)
@@ -249,6 +270,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
-        self.call(&rpc, &option, async |mut c, r| c.vote(r).await).await
+        self.call(&rpc, &option, async |mut c, r| c.vote(r).await)
+            .await
     }
 }

@@ -10,13 +10,13 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 use super::types::{
-    Entry, LogId, Proposal, ProposalResult, Snapshot, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig,
+    Entry, LogId, Proposal, ProposalResult, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
 };
 use crate::command::{Command, CommandResult};
 use crate::mvcc::{MvccError, Writer};
 use crate::pb::mvccpb::Event;
-use crate::storage::state::{meta, StateStore};
+use crate::storage::state::{self as state_store, meta, StateStore};
 
 /// Receives the events of every applied batch, in revision order. Must not block: apply waits
 /// for it.
@@ -69,9 +69,10 @@ impl StateMachine {
         let applied = decode_meta::<Option<LogId>>(&store, meta::APPLIED)?.flatten();
         let membership = decode_meta(&store, meta::MEMBERSHIP)?.unwrap_or_default();
         let current = match std::fs::read(snapshot_path) {
-            Ok(bytes) => Some(bincode::deserialize(&bytes).map_err(|e| {
-                StorageError::from(StorageIOError::read_snapshot(None, &*e))
-            })?),
+            Ok(bytes) => Some(
+                bincode::deserialize(&bytes)
+                    .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, &*e)))?,
+            ),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
         };
@@ -101,6 +102,14 @@ fn apply_command<B: crate::mvcc::Backend>(
         Command::DeleteRange(r) => w.delete_range(r).map(CommandResult::DeleteRange),
         Command::Txn(r) => w.txn(r).map(CommandResult::Txn),
         Command::Compact(r) => w.compact(r).map(CommandResult::Compact),
+        Command::PublishMember { id, client_urls } => {
+            let bytes = bincode::serialize(client_urls).map_err(|e| sm_write_err(*e))?;
+            w.view_mut().insert(
+                state_store::meta_key(&state_store::member_attr_name(*id)),
+                bytes,
+            );
+            Ok(CommandResult::Done)
+        }
     };
     match result {
         Ok(r) => Ok(r),
@@ -183,7 +192,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let records: Vec<(Vec<u8>, Vec<u8>)> = bincode::deserialize(&data).map_err(|e| {
-            StorageError::from(StorageIOError::read_snapshot(Some(snap_meta.signature()), &*e))
+            StorageError::from(StorageIOError::read_snapshot(
+                Some(snap_meta.signature()),
+                &*e,
+            ))
         })?;
         // `restore` flushes: openraft may purge the log right after this returns.
         self.store.restore(records).map_err(|e| sm_write_err(e))?;
@@ -199,7 +211,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let current = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Ok(current.map(|s| Snapshot {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
@@ -239,7 +255,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let records = self.store.dump().map_err(|e| sm_read_err(e))?;
         let find = |name: &[u8]| {
             let key = [&[b'm'][..], name].concat();
-            records.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+            records
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
         };
         let last_log_id: Option<LogId> = match find(meta::APPLIED) {
             Some(b) => bincode::deserialize(&b).map_err(|e| sm_read_err(*e))?,

@@ -25,7 +25,15 @@ pub mod meta {
     pub const MEMBERSHIP: &[u8] = b"membership";
 }
 
-fn meta_key(name: &[u8]) -> Vec<u8> {
+/// The meta record holding member `id`'s published client URLs.
+pub fn member_attr_name(id: u64) -> Vec<u8> {
+    let mut name = b"member/".to_vec();
+    name.extend_from_slice(&id.to_be_bytes());
+    name
+}
+
+/// The state-machine key of meta record `name`.
+pub fn meta_key(name: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(name.len() + 1);
     k.push(META_SPACE);
     k.extend_from_slice(name);
@@ -79,7 +87,11 @@ impl Backend for SledView<'_> {
         if crate::mvcc::backend::empty_range(lo, hi) {
             return Ok(None);
         }
-        match self.0.range::<&[u8], _>((Bound::Included(lo), hi)).next_back() {
+        match self
+            .0
+            .range::<&[u8], _>((Bound::Included(lo), hi))
+            .next_back()
+        {
             None => Ok(None),
             Some(r) => {
                 let (k, v) = r.map_err(storage_err)?;
@@ -115,7 +127,9 @@ impl StateStore {
             compaction_guard: RwLock::new(()),
             commit_lock: std::sync::Mutex::new(()),
         };
-        let rev = store.read_meta_i64(meta::REVISION)?.unwrap_or(INITIAL_REVISION);
+        let rev = store
+            .read_meta_i64(meta::REVISION)?
+            .unwrap_or(INITIAL_REVISION);
         let compacted = store.read_meta_i64(meta::COMPACTED)?.unwrap_or(0);
         store.revision.store(rev, Ordering::Release);
         store.compacted.store(compacted, Ordering::Release);
@@ -247,7 +261,9 @@ impl StateStore {
         }
         self.tree.apply_batch(batch).map_err(io::Error::other)?;
         self.db.flush().map_err(io::Error::other)?;
-        let rev = self.read_meta_i64(meta::REVISION)?.unwrap_or(INITIAL_REVISION);
+        let rev = self
+            .read_meta_i64(meta::REVISION)?
+            .unwrap_or(INITIAL_REVISION);
         let compacted = self.read_meta_i64(meta::COMPACTED)?.unwrap_or(0);
         self.compacted.store(compacted, Ordering::Release);
         self.revision.store(rev, Ordering::Release);

@@ -1,0 +1,361 @@
+//! The one place that wires storage, Raft, services and listeners into a running member.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::cluster::ClusterService;
+use crate::api::kv::KvService;
+use crate::api::maintenance::MaintenanceService;
+use crate::api::{ApiContext, Ctx};
+use crate::command::Command;
+use crate::config::{member_id_for, ClusterState, Config};
+use crate::pb::corral::peer::v1::peer_server::PeerServer;
+use crate::pb::etcdserverpb::cluster_server::ClusterServer;
+use crate::pb::etcdserverpb::kv_server::KvServer;
+use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::raft::handle::RaftHandle;
+use crate::raft::network::{Faults, Network, PeerClients};
+use crate::raft::service::PeerService;
+use crate::raft::state_machine::StateMachine;
+use crate::raft::types::{Member, NodeId, Raft};
+use crate::storage::log_store::LogStore;
+use crate::storage::state::{member_attr_name, StateStore};
+
+/// gRPC messages may exceed etcd's 1.5 MiB request cap by this much before the transport
+/// refuses them outright; in between, the API answers etcd's "request is too large".
+const GRPC_MAX_MESSAGE: usize = 2 * 1024 * 1024;
+
+/// Sockets a member serves on, bound before it starts so callers (and tests, with port 0)
+/// know the addresses up front.
+pub struct Listeners {
+    pub client: Vec<TcpListener>,
+    pub peer: TcpListener,
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub async fn bind(cfg: &Config) -> anyhow::Result<Listeners> {
+        let mut client = Vec::new();
+        for addr in &cfg.listen_client {
+            client.push(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding client address {addr}"))?,
+            );
+        }
+        let peer = TcpListener::bind(cfg.listen_peer)
+            .await
+            .with_context(|| format!("binding peer address {}", cfg.listen_peer))?;
+        let metrics = match cfg.listen_metrics {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding metrics address {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners {
+            client,
+            peer,
+            metrics,
+        })
+    }
+}
+
+/// A running member.
+pub struct Node {
+    pub handle: RaftHandle,
+    pub faults: Faults,
+    pub client_addrs: Vec<SocketAddr>,
+    pub peer_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+/// Runs a member until `shutdown` resolves.
+pub async fn run(
+    cfg: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let node = Node::start(cfg, listeners).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    node.stop().await;
+    Ok(())
+}
+
+fn request_timeout(cfg: &Config) -> Duration {
+    // etcd: 5 s plus two election timeouts covers a leader change during the request.
+    Duration::from_secs(5) + Duration::from_millis(2 * cfg.election_timeout_ms)
+}
+
+impl Node {
+    pub async fn start(cfg: Config, listeners: Listeners) -> anyhow::Result<Node> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+        let log_store = LogStore::open(&cfg.data_dir.join("raft-log"))
+            .with_context(|| "opening the raft log")?;
+        let store = Arc::new(
+            StateStore::open(&cfg.data_dir.join("state")).with_context(|| "opening the state")?,
+        );
+        let sm = StateMachine::open(
+            store.clone(),
+            &cfg.data_dir.join("snapshot.bin"),
+            Arc::new(|_events| {}),
+        )
+        .map_err(|e| anyhow::anyhow!("opening the state machine: {e}"))?;
+
+        let faults = Faults::default();
+        let clients = PeerClients::new(faults.clone());
+        let network = Network {
+            clients: clients.clone(),
+        };
+        let raft_config = Arc::new(cfg.raft_config()?);
+        let raft = Raft::new(cfg.member_id, raft_config, network, log_store, sm)
+            .await
+            .map_err(|e| anyhow::anyhow!("starting raft: {e}"))?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut servers = Vec::new();
+        let timeout = request_timeout(&cfg);
+
+        // Peers first: the others' votes and appends must reach us as soon as we exist.
+        let peer_addr = listeners.peer.local_addr()?;
+        let peer_router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                PeerServer::new(PeerService::new(raft.clone(), timeout))
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX),
+            );
+        servers.push(tokio::spawn(serve_grpc(
+            "peer",
+            peer_router,
+            listeners.peer,
+            shutdown_rx.clone(),
+        )));
+
+        if cfg.cluster_state == ClusterState::New {
+            bootstrap(&raft, &cfg).await?;
+        }
+
+        let handle = RaftHandle::new(cfg.member_id, raft, clients, store, timeout);
+        let ctx: Ctx = Arc::new(ApiContext {
+            handle: handle.clone(),
+            cluster_id: cfg.cluster_id,
+            member_id: cfg.member_id,
+        });
+
+        let mut client_addrs = Vec::new();
+        for listener in listeners.client {
+            client_addrs.push(listener.local_addr()?);
+            let router = client_router(&ctx).await?;
+            servers.push(tokio::spawn(serve_grpc(
+                "client",
+                router,
+                listener,
+                shutdown_rx.clone(),
+            )));
+        }
+
+        let metrics_addr = match listeners.metrics {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                let app = crate::ops::router(handle.clone());
+                let mut rx = shutdown_rx.clone();
+                servers.push(tokio::spawn(async move {
+                    let stop = async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    };
+                    if let Err(e) = axum::serve(listener, app)
+                        .with_graceful_shutdown(stop)
+                        .await
+                    {
+                        tracing::error!(%e, "metrics server failed");
+                    }
+                }));
+                Some(addr)
+            }
+            None => None,
+        };
+
+        tokio::spawn(publish_self(
+            handle.clone(),
+            cfg.advertise_client_urls.clone(),
+            shutdown_rx.clone(),
+        ));
+
+        tracing::info!(
+            name = %cfg.name,
+            member_id = format!("{:x}", cfg.member_id),
+            cluster_id = format!("{:x}", cfg.cluster_id),
+            ?client_addrs,
+            %peer_addr,
+            "member started"
+        );
+        Ok(Node {
+            handle,
+            faults,
+            client_addrs,
+            peer_addr,
+            metrics_addr,
+            shutdown,
+            servers,
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.handle.id()
+    }
+
+    /// Stops serving, shuts Raft down and makes the state durable.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        // Raft first: in-flight client calls then fail fast instead of holding the servers'
+        // graceful shutdown open.
+        if let Err(e) = self.handle.raft().shutdown().await {
+            tracing::warn!(%e, "raft shutdown");
+        }
+        for server in self.servers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        }
+        if let Err(e) = self.handle.store().flush().await {
+            tracing::error!(%e, "flushing the state machine at shutdown");
+        }
+    }
+}
+
+/// Forms a new cluster from `--initial-cluster`. Every founding member does this with the same
+/// member set, which openraft accepts from each; a member that already has state skips it.
+async fn bootstrap(raft: &Raft, cfg: &Config) -> anyhow::Result<()> {
+    if raft.is_initialized().await? {
+        return Ok(());
+    }
+    let members: BTreeMap<NodeId, Member> = cfg
+        .initial_cluster
+        .iter()
+        .map(|m| {
+            let id = member_id_for(&cfg.cluster_token, &m.name, &m.peer_urls);
+            let client_urls = if id == cfg.member_id {
+                cfg.advertise_client_urls.clone()
+            } else {
+                Vec::new()
+            };
+            (
+                id,
+                Member {
+                    name: m.name.clone(),
+                    peer_urls: m.peer_urls.clone(),
+                    client_urls,
+                },
+            )
+        })
+        .collect();
+    match raft.initialize(members).await {
+        Ok(()) => Ok(()),
+        // Another founding member got there first and already replicated to us.
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::InitializeError::NotAllowed(_),
+        )) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("initializing the cluster: {e}")),
+    }
+}
+
+/// Publishes this member's client URLs through Raft once a leader exists, so every member's
+/// `MemberList` shows them (the founding membership only knows peer URLs).
+async fn publish_self(
+    handle: RaftHandle,
+    client_urls: Vec<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let published: Option<Vec<String>> = handle
+            .store()
+            .read_meta(&member_attr_name(handle.id()))
+            .ok()
+            .flatten()
+            .and_then(|b| bincode::deserialize(&b).ok());
+        if published.as_ref() == Some(&client_urls) {
+            return;
+        }
+        let cmd = Command::PublishMember {
+            id: handle.id(),
+            client_urls: client_urls.clone(),
+        };
+        tokio::select! {
+            r = handle.propose(cmd) => match r {
+                Ok(_) => return,
+                Err(e) => tracing::debug!(%e, "publishing member attributes; will retry"),
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Every client-facing service on one router: etcd's API, health and reflection.
+async fn client_router(ctx: &Ctx) -> anyhow::Result<tonic::transport::server::Router> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<KvServer<KvService>>().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let exposed = [
+        "etcdserverpb.KV",
+        "etcdserverpb.Cluster",
+        "etcdserverpb.Maintenance",
+        "grpc.health.v1.Health",
+    ];
+    let mut reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET);
+    let mut reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET);
+    // Only what this port serves: the peer service is in the same descriptor set but must
+    // never look like part of the client API.
+    for name in exposed {
+        reflection = reflection.with_service_name(name);
+        reflection_alpha = reflection_alpha.with_service_name(name);
+    }
+    let reflection_v1 = reflection.build_v1()?;
+    let reflection_v1alpha = reflection_alpha.build_v1alpha()?;
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(GRPC_MAX_MESSAGE),
+        )
+        .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
+        .add_service(MaintenanceServer::new(MaintenanceService::new(ctx.clone())))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    Ok(router)
+}
+
+async fn serve_grpc(
+    what: &'static str,
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let incoming = TcpListenerStream::new(listener);
+    let signal = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
+        tracing::error!(%e, server = what, "gRPC server failed");
+    }
+}
