@@ -22,6 +22,16 @@ impl ClusterService {
         ClusterService { ctx }
     }
 
+    /// Refuses ids that are not members with etcd's error; membership changes themselves come
+    /// with the operations milestone.
+    fn known_member(&self, id: u64, rpc: &str) -> Status {
+        if self.ctx.handle.members().iter().any(|(m, _, _)| *m == id) {
+            not_yet(rpc)
+        } else {
+            Status::not_found("etcdserver: member not found")
+        }
+    }
+
     /// Every member as etcd shows it: identity from the Raft membership, client URLs from what
     /// each member published.
     pub fn member_list(ctx: &Ctx) -> Vec<Member> {
@@ -58,16 +68,16 @@ impl Cluster for ClusterService {
 
     async fn member_remove(
         &self,
-        _req: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(not_yet("MemberRemove"))
+        Err(self.known_member(req.get_ref().id, "MemberRemove"))
     }
 
     async fn member_update(
         &self,
-        _req: Request<MemberUpdateRequest>,
+        req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(not_yet("MemberUpdate"))
+        Err(self.known_member(req.get_ref().id, "MemberUpdate"))
     }
 
     async fn member_list(
@@ -89,8 +99,8 @@ impl Cluster for ClusterService {
 
     async fn member_promote(
         &self,
-        _req: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(not_yet("MemberPromote"))
+        Err(self.known_member(req.get_ref().id, "MemberPromote"))
     }
 }

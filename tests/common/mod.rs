@@ -1,0 +1,256 @@
+//! The in-process cluster harness: N members on loopback port 0 with temp data dirs; stop,
+//! restart and partition members; poll for conditions with a deadline (never a fixed sleep).
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use corral::config::{Config, ServeArgs};
+use corral::node::{Listeners, Node};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+struct Slot {
+    cfg: Config,
+    client: SocketAddr,
+    peer: SocketAddr,
+    node: Option<Node>,
+}
+
+pub struct Cluster {
+    slots: Vec<Slot>,
+    _dir: TempDir,
+}
+
+/// Binds `addr`, retrying while a just-closed socket still holds it.
+async fn bind_again(addr: SocketAddr) -> TcpListener {
+    eventually(
+        &format!("rebinding {addr}"),
+        Duration::from_secs(10),
+        || async { TcpListener::bind(addr).await.ok() },
+    )
+    .await
+}
+
+impl Cluster {
+    /// Starts `n` members forming a new cluster and waits for a leader.
+    pub async fn start(n: usize) -> Cluster {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut bound = Vec::new();
+        for _ in 0..n {
+            let client = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let peer = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            bound.push((client, peer));
+        }
+        let initial: Vec<String> = bound
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://{}", p.local_addr().unwrap()))
+            .collect();
+        let initial = initial.join(",");
+        let mut slots = Vec::new();
+        let mut listeners = Vec::new();
+        for (i, (client, peer)) in bound.into_iter().enumerate() {
+            let (c, p) = (client.local_addr().unwrap(), peer.local_addr().unwrap());
+            let data = dir.path().join(format!("m{i}"));
+            let args = Args::try_parse_from([
+                "corral".to_string(),
+                format!("--name=m{i}"),
+                format!("--data-dir={}", data.display()),
+                format!("--listen-client-urls=http://{c}"),
+                format!("--advertise-client-urls=http://{c}"),
+                format!("--listen-peer-urls=http://{p}"),
+                format!("--initial-advertise-peer-urls=http://{p}"),
+                format!("--initial-cluster={initial}"),
+                "--listen-metrics-urls=".to_string(),
+                "--heartbeat-interval=50".to_string(),
+                "--election-timeout=500".to_string(),
+            ])
+            .expect("args");
+            let cfg = args.serve.validate().expect("valid config");
+            slots.push(Slot {
+                cfg,
+                client: c,
+                peer: p,
+                node: None,
+            });
+            listeners.push(Listeners {
+                client: vec![client],
+                peer,
+                metrics: None,
+            });
+        }
+        // Start every member before waiting on any: they need each other to elect.
+        let mut starting = Vec::new();
+        for (slot, l) in slots.iter().zip(listeners) {
+            starting.push(tokio::spawn(Node::start(slot.cfg.clone(), l)));
+        }
+        for (slot, task) in slots.iter_mut().zip(starting) {
+            slot.node = Some(task.await.expect("join").expect("node start"));
+        }
+        let cluster = Cluster { slots, _dir: dir };
+        cluster.wait_leader().await;
+        cluster
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        self.slots[i].node.as_ref().expect("member is running")
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.slots[i].node.is_some()
+    }
+
+    pub fn member_id(&self, i: usize) -> u64 {
+        self.slots[i].cfg.member_id
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.slots[0].cfg.cluster_id
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("http://{}", self.slots[i].client)
+    }
+
+    /// A real etcd client connected to member `i` only.
+    pub async fn client(&self, i: usize) -> etcd_client::Client {
+        etcd_client::Client::connect([self.endpoint(i)], None)
+            .await
+            .expect("etcd client connects")
+    }
+
+    /// Index of the member that `i` believes is the leader.
+    pub fn leader_seen_by(&self, i: usize) -> Option<usize> {
+        let id = self.node(i).handle.leader()?;
+        self.slots.iter().position(|s| s.cfg.member_id == id)
+    }
+
+    /// Waits until every running member agrees on one running leader; returns its index.
+    pub async fn wait_leader(&self) -> usize {
+        self.wait_leader_among(&(0..self.len()).collect::<Vec<_>>())
+            .await
+    }
+
+    /// Waits until the running members in `group` agree on a leader inside the group.
+    pub async fn wait_leader_among(&self, group: &[usize]) -> usize {
+        eventually(
+            "a leader agreed by the group",
+            Duration::from_secs(20),
+            || async {
+                let running: Vec<usize> = group
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.is_running(i))
+                    .collect();
+                let first = self.leader_seen_by(*running.first()?)?;
+                let agreed = running
+                    .iter()
+                    .all(|&i| self.leader_seen_by(i) == Some(first));
+                (agreed && group.contains(&first) && self.is_running(first)).then_some(first)
+            },
+        )
+        .await
+    }
+
+    /// Waits until member `i` has applied up to store revision `rev`.
+    pub async fn wait_revision(&self, i: usize, rev: i64) {
+        eventually(
+            &format!("member {i} at revision {rev}"),
+            Duration::from_secs(20),
+            || async { (self.node(i).handle.store().revision() >= rev).then_some(()) },
+        )
+        .await
+    }
+
+    /// Graceful stop of member `i` (its data dir stays).
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(node) = self.slots[i].node.take() {
+            node.stop().await;
+        }
+    }
+
+    /// Starts member `i` again on the same addresses and data dir.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(self.slots[i].node.is_none(), "member {i} is running");
+        let slot = &self.slots[i];
+        let listeners = Listeners {
+            client: vec![bind_again(slot.client).await],
+            peer: bind_again(slot.peer).await,
+            metrics: None,
+        };
+        let node = Node::start(slot.cfg.clone(), listeners)
+            .await
+            .expect("restart");
+        self.slots[i].node = Some(node);
+    }
+
+    /// Cuts all peer traffic between the two groups, both ways.
+    pub fn partition(&self, a: &[usize], b: &[usize]) {
+        for &x in a {
+            for &y in b {
+                if self.is_running(x) {
+                    self.node(x).faults.block(self.member_id(y));
+                }
+                if self.is_running(y) {
+                    self.node(y).faults.block(self.member_id(x));
+                }
+            }
+        }
+    }
+
+    /// Restores every peer link.
+    pub fn heal(&self) {
+        for i in 0..self.len() {
+            if self.is_running(i) {
+                self.node(i).faults.heal();
+            }
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        for i in 0..self.len() {
+            self.stop(i).await;
+        }
+    }
+}
