@@ -2,6 +2,8 @@
 //! restart and partition members; poll for conditions with a deadline (never a fixed sleep).
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
