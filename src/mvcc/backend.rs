@@ -6,15 +6,17 @@ use std::ops::Bound;
 
 use super::MvccError;
 
+/// One stored entry: (key, value).
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// An ordered byte-key store that MVCC can seek in. Implemented by the sled state-machine tree
 /// in production and by a `BTreeMap` in unit tests.
 pub trait Backend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MvccError>;
     /// The first entry with `lo <= key < hi`.
-    fn first_in(&self, lo: &[u8], hi: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, MvccError>;
+    fn first_in(&self, lo: &[u8], hi: &[u8]) -> Result<Option<Entry>, MvccError>;
     /// The last entry with `lo <= key` and `key` below `hi` (inclusive or exclusive).
-    fn last_in(&self, lo: &[u8], hi: Bound<&[u8]>)
-        -> Result<Option<(Vec<u8>, Vec<u8>)>, MvccError>;
+    fn last_in(&self, lo: &[u8], hi: Bound<&[u8]>) -> Result<Option<Entry>, MvccError>;
 }
 
 impl Backend for BTreeMap<Vec<u8>, Vec<u8>> {
@@ -22,7 +24,7 @@ impl Backend for BTreeMap<Vec<u8>, Vec<u8>> {
         Ok(BTreeMap::get(self, key).cloned())
     }
 
-    fn first_in(&self, lo: &[u8], hi: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, MvccError> {
+    fn first_in(&self, lo: &[u8], hi: &[u8]) -> Result<Option<Entry>, MvccError> {
         if lo >= hi {
             return Ok(None);
         }
@@ -32,11 +34,7 @@ impl Backend for BTreeMap<Vec<u8>, Vec<u8>> {
             .map(|(k, v)| (k.clone(), v.clone())))
     }
 
-    fn last_in(
-        &self,
-        lo: &[u8],
-        hi: Bound<&[u8]>,
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, MvccError> {
+    fn last_in(&self, lo: &[u8], hi: Bound<&[u8]>) -> Result<Option<Entry>, MvccError> {
         if empty_range(lo, hi) {
             return Ok(None);
         }
@@ -53,11 +51,14 @@ impl Backend for BTreeMap<Vec<u8>, Vec<u8>> {
 pub struct Overlay<'a, B: Backend> {
     base: &'a B,
     /// `Some(v)` = written, `None` = removed, in this batch.
-    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    pending: BTreeMap<Vec<u8>, PendingWrite>,
     /// Undo log since the last savepoint: each touched key and what `pending` held for it
     /// before (`None` = untouched). Lets one failed command leave no trace in the batch.
-    undo: Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>,
+    undo: Vec<(Vec<u8>, Option<PendingWrite>)>,
 }
+
+/// A batch's write to one key: `Some(value)`, or `None` for a removal.
+pub type PendingWrite = Option<Vec<u8>>;
 
 impl<'a, B: Backend> Overlay<'a, B> {
     pub fn new(base: &'a B) -> Self {
@@ -94,7 +95,7 @@ impl<'a, B: Backend> Overlay<'a, B> {
     }
 
     /// The writes to commit, in key order.
-    pub fn into_writes(self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+    pub fn into_writes(self) -> BTreeMap<Vec<u8>, PendingWrite> {
         self.pending
     }
 
@@ -111,7 +112,7 @@ impl<B: Backend> Backend for Overlay<'_, B> {
         }
     }
 
-    fn first_in(&self, lo: &[u8], hi: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, MvccError> {
+    fn first_in(&self, lo: &[u8], hi: &[u8]) -> Result<Option<Entry>, MvccError> {
         if lo >= hi {
             return Ok(None);
         }
@@ -136,11 +137,7 @@ impl<B: Backend> Backend for Overlay<'_, B> {
         })
     }
 
-    fn last_in(
-        &self,
-        lo: &[u8],
-        hi: Bound<&[u8]>,
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, MvccError> {
+    fn last_in(&self, lo: &[u8], hi: Bound<&[u8]>) -> Result<Option<Entry>, MvccError> {
         if empty_range(lo, hi) {
             return Ok(None);
         }

@@ -1,6 +1,10 @@
 //! The Raft state machine: applies committed entries to the MVCC store, atomically with the
 //! last-applied log id, and builds / installs snapshots.
 
+// openraft's StorageError is large; it is what every storage trait method returns, so helpers
+// share its shape rather than boxing it.
+#![allow(clippy::result_large_err)]
+
 use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -52,7 +56,7 @@ fn decode_meta<T: for<'de> Deserialize<'de>>(
     store: &StateStore,
     name: &[u8],
 ) -> Result<Option<T>, StorageError> {
-    match store.read_meta(name).map_err(|e| sm_read_err(e))? {
+    match store.read_meta(name).map_err(sm_read_err)? {
         None => Ok(None),
         Some(bytes) => bincode::deserialize(&bytes)
             .map(Some)
@@ -165,7 +169,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 out.revision,
                 out.compacted,
             )
-            .map_err(|e| sm_write_err(e))?;
+            .map_err(sm_write_err)?;
         self.applied = Some(last);
         if !out.events.is_empty() {
             (self.events)(out.events);
@@ -198,7 +202,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             ))
         })?;
         // `restore` flushes: openraft may purge the log right after this returns.
-        self.store.restore(records).map_err(|e| sm_write_err(e))?;
+        self.store.restore(records).map_err(sm_write_err)?;
         self.applied = snap_meta.last_log_id;
         self.membership = snap_meta.last_membership.clone();
         let stored = StoredSnapshot {
@@ -252,7 +256,7 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let records = self.store.dump().map_err(|e| sm_read_err(e))?;
+        let records = self.store.dump().map_err(sm_read_err)?;
         let find = |name: &[u8]| {
             let key = [&[b'm'][..], name].concat();
             records
@@ -280,7 +284,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         // The state up to this snapshot must be durable before openraft purges the log it was
         // built from; the state machine does not flush on every apply.
-        self.store.flush().await.map_err(|e| sm_write_err(e))?;
+        self.store.flush().await.map_err(sm_write_err)?;
         let stored = StoredSnapshot {
             meta: snap_meta.clone(),
             data: data.clone(),

@@ -66,7 +66,11 @@ impl Backend for SledView<'_> {
         Ok(self.0.get(key).map_err(storage_err)?.map(|v| v.to_vec()))
     }
 
-    fn first_in(&self, lo: &[u8], hi: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, MvccError> {
+    fn first_in(
+        &self,
+        lo: &[u8],
+        hi: &[u8],
+    ) -> Result<Option<crate::mvcc::backend::Entry>, MvccError> {
         if lo >= hi {
             return Ok(None);
         }
@@ -83,7 +87,7 @@ impl Backend for SledView<'_> {
         &self,
         lo: &[u8],
         hi: Bound<&[u8]>,
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, MvccError> {
+    ) -> Result<Option<crate::mvcc::backend::Entry>, MvccError> {
         if crate::mvcc::backend::empty_range(lo, hi) {
             return Ok(None);
         }
