@@ -319,11 +319,21 @@ async fn client_router(ctx: &Ctx) -> anyhow::Result<tonic::transport::server::Ro
         "etcdserverpb.Cluster",
         "etcdserverpb.Maintenance",
         "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
     ];
-    let mut reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET);
-    let mut reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET);
+    let descriptor_sets = [
+        crate::pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+    let mut reflection = tonic_reflection::server::Builder::configure();
+    let mut reflection_alpha = tonic_reflection::server::Builder::configure();
+    for set in descriptor_sets {
+        reflection = reflection.register_encoded_file_descriptor_set(set);
+        reflection_alpha = reflection_alpha.register_encoded_file_descriptor_set(set);
+    }
     // Only what this port serves: the peer service is in the same descriptor set but must
     // never look like part of the client API.
     for name in exposed {
