@@ -130,9 +130,46 @@ pub struct ServeArgs {
     #[arg(long, env = "CORRAL_SNAPSHOT_COUNT", default_value_t = 10_000)]
     pub snapshot_count: u64,
 
+    /// How often an idle watcher that asked for progress notifications gets one
+    /// (`500ms`, `30s`, `10m`; etcd's default is 10 minutes).
+    #[arg(
+        long,
+        env = "CORRAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m",
+        value_parser = parse_duration
+    )]
+    pub watch_progress_notify_interval: std::time::Duration,
+
+    /// Applied batches the watch hub keeps for streams that are momentarily behind; a stream
+    /// further behind reads stored history instead. Tests shrink it to exercise that path.
+    #[arg(long, env = "CORRAL_WATCH_BUFFER", default_value_t = 4096, hide = true)]
+    pub watch_buffer: usize,
+
     /// Log output format.
     #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Parses `<number><unit>` with unit `ms`, `s`, `m` or `h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 30s or 10m"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{s:?} is not a duration like 500ms, 30s or 10m"))?;
+    if ms == 0 {
+        return Err("the duration must be greater than zero".into());
+    }
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 /// Whether this member bootstraps a new cluster or joins an existing one.
@@ -199,6 +236,10 @@ pub struct Config {
     pub election_timeout_ms: u64,
     /// Applied entries between snapshots.
     pub snapshot_count: u64,
+    /// Period of progress notifications to idle watchers that asked for them.
+    pub watch_progress_notify_interval: std::time::Duration,
+    /// Capacity of the watch hub's ring of applied batches.
+    pub watch_buffer: usize,
     /// Log output format.
     pub log_format: LogFormat,
     /// This member's Raft node id, see [`member_id_for`].
@@ -431,6 +472,8 @@ impl ServeArgs {
             heartbeat_ms: self.heartbeat_interval,
             election_timeout_ms: self.election_timeout,
             snapshot_count: self.snapshot_count,
+            watch_progress_notify_interval: self.watch_progress_notify_interval,
+            watch_buffer: self.watch_buffer.max(1),
             log_format: self.log_format,
             member_id,
             cluster_id,
@@ -813,6 +856,23 @@ impl Fnv1a {
     /// The hash, with 0 (reserved for "no member/cluster") mapped to 1.
     fn finish_nonzero(&self) -> u64 {
         self.0.max(1)
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
     }
 }
 

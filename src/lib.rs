@@ -18,6 +18,8 @@
 //!   DeleteRange / Txn / Compact — pure and deterministic over an ordered `Backend`.
 //! - [`storage`]: sled, and nothing else names it: the Raft log store (group commit) and the
 //!   state-machine store (one atomic batch per apply).
+//! - [`watch`]: the hub that fans applied events out to watch streams without ever blocking
+//!   apply; streams that fall behind catch up from stored history.
 //! - [`ops`]: the metrics/health HTTP endpoint.
 //! - [`pb`]: generated protobuf code (etcd's packages and corral's peer protocol).
 
@@ -30,3 +32,4 @@ pub mod ops;
 pub mod pb;
 pub mod raft;
 pub mod storage;
+pub mod watch;

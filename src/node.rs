@@ -15,6 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::api::cluster::ClusterService;
 use crate::api::kv::KvService;
 use crate::api::maintenance::MaintenanceService;
+use crate::api::watch::WatchService;
 use crate::api::{ApiContext, Ctx};
 use crate::command::Command;
 use crate::config::{member_id_for, ClusterState, Config};
@@ -22,6 +23,7 @@ use crate::pb::corral::peer::v1::peer_server::PeerServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::raft::handle::RaftHandle;
 use crate::raft::network::{Faults, Network, PeerClients};
 use crate::raft::service::PeerService;
@@ -29,6 +31,7 @@ use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{Member, NodeId, Raft};
 use crate::storage::log_store::LogStore;
 use crate::storage::state::{member_attr_name, StateStore};
+use crate::watch::WatchHub;
 
 /// gRPC messages may exceed etcd's 1.5 MiB request cap by this much before the transport
 /// refuses them outright; in between, the API answers etcd's "request is too large".
@@ -109,10 +112,11 @@ impl Node {
         let store = Arc::new(
             StateStore::open(&cfg.data_dir.join("state")).with_context(|| "opening the state")?,
         );
+        let hub = WatchHub::new(cfg.watch_buffer);
         let sm = StateMachine::open(
             store.clone(),
             &cfg.data_dir.join("snapshot.bin"),
-            Arc::new(|_events| {}),
+            hub.clone(),
         )
         .map_err(|e| anyhow::anyhow!("opening the state machine: {e}"))?;
 
@@ -160,7 +164,7 @@ impl Node {
         let mut client_addrs = Vec::new();
         for listener in listeners.client {
             client_addrs.push(listener.local_addr()?);
-            let router = client_router(&ctx).await?;
+            let router = client_router(&ctx, &hub, &cfg).await?;
             servers.push(tokio::spawn(serve_grpc(
                 "client",
                 router,
@@ -308,7 +312,11 @@ async fn publish_self(
 }
 
 /// Every client-facing service on one router: etcd's API, health and reflection.
-async fn client_router(ctx: &Ctx) -> anyhow::Result<tonic::transport::server::Router> {
+async fn client_router(
+    ctx: &Ctx,
+    hub: &WatchHub,
+    cfg: &Config,
+) -> anyhow::Result<tonic::transport::server::Router> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<KvServer<KvService>>().await;
     health
@@ -318,6 +326,7 @@ async fn client_router(ctx: &Ctx) -> anyhow::Result<tonic::transport::server::Ro
         "etcdserverpb.KV",
         "etcdserverpb.Cluster",
         "etcdserverpb.Maintenance",
+        "etcdserverpb.Watch",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
@@ -346,6 +355,14 @@ async fn client_router(ctx: &Ctx) -> anyhow::Result<tonic::transport::server::Ro
         .tcp_nodelay(true)
         .add_service(
             KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(GRPC_MAX_MESSAGE),
+        )
+        .add_service(
+            WatchServer::new(WatchService::new(
+                ctx.clone(),
+                hub.clone(),
+                cfg.watch_progress_notify_interval,
+            ))
+            .max_decoding_message_size(GRPC_MAX_MESSAGE),
         )
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
         .add_service(MaintenanceServer::new(MaintenanceService::new(ctx.clone())))

@@ -797,6 +797,7 @@ fn etcdctl_shows_the_servers_errors() {
 
 #[test]
 fn grpcurl_lists_the_services_through_reflection() {
+    grpcurl_path(); // fail before starting a server if grpcurl is missing
     let node = Node::start();
 
     let out = node.grpcurl(&[], &["list"]);
@@ -845,6 +846,7 @@ fn grpcurl_lists_the_services_through_reflection() {
 
 #[test]
 fn grpcurl_calls_kv_range_and_sees_status_errors() {
+    grpcurl_path(); // fail before starting a server if grpcurl is missing
     let node = Node::start();
     node.etcdctl(&["put", "foo", "bar"]).success();
 
@@ -877,6 +879,7 @@ fn grpcurl_calls_kv_range_and_sees_status_errors() {
 
 #[test]
 fn grpcurl_health_check_is_serving() {
+    grpcurl_path(); // fail before starting a server if grpcurl is missing
     let node = Node::start();
 
     let out = node

@@ -18,7 +18,11 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         let dir = tempfile::tempdir().map_err(io)?;
         let log = LogStore::open(&dir.path().join("raft-log")).map_err(io)?;
         let store = Arc::new(StateStore::open(&dir.path().join("state")).map_err(io)?);
-        let sm = StateMachine::open(store, &dir.path().join("snapshot.bin"), Arc::new(|_| {}))?;
+        let sm = StateMachine::open(
+            store,
+            &dir.path().join("snapshot.bin"),
+            corral::watch::WatchHub::default(),
+        )?;
         Ok((dir, log, sm))
     }
 }

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod error;
 pub mod kv;
 pub mod maintenance;
+pub mod watch;
 
 use std::sync::Arc;
 

@@ -6,7 +6,7 @@ use super::keys::{self, Record};
 use super::{Backend, KeySpan, MvccError};
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
-use crate::pb::mvccpb::KeyValue;
+use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
 
 /// Builds the client-visible form of a stored version.
 pub fn to_kv(key: Vec<u8>, mod_revision: i64, record: Record) -> Option<KeyValue> {
@@ -178,4 +178,54 @@ pub fn range<B: Backend>(
         more,
         count,
     })
+}
+
+/// The changes with revisions in `[from, to]`, in order, as watch events carrying their
+/// previous version. Stops at a revision boundary once `max_events` are collected — the events
+/// of one revision are never split — and returns the revision to continue from.
+pub fn history<B: Backend>(
+    b: &B,
+    from: i64,
+    to: i64,
+    max_events: usize,
+) -> Result<(Vec<Event>, i64), MvccError> {
+    let mut events = Vec::new();
+    if from > to {
+        return Ok((events, from));
+    }
+    let stop = keys::history_key(to.saturating_add(1), 0);
+    let mut cur = keys::history_key(from.max(0), 0);
+    let mut last_rev = i64::MIN;
+    while let Some((hk, key)) = b.first_in(&cur, &stop)? {
+        let (rev, _) = keys::decode_history_key(&hk)?;
+        if events.len() >= max_events && rev != last_rev {
+            return Ok((events, rev));
+        }
+        last_rev = rev;
+        cur = hk;
+        cur.push(0);
+        let prev_kv = get(b, &key, rev - 1)?;
+        let record = match b.get(&keys::version_key(&key, rev))? {
+            Some(bytes) => Record::decode(&bytes)?,
+            // Compaction drops a tombstone at the floor revision: it was a deletion.
+            None => Record::Tombstone,
+        };
+        events.push(match to_kv(key.clone(), rev, record) {
+            Some(kv) => Event {
+                r#type: EventType::Put as i32,
+                kv: Some(kv),
+                prev_kv,
+            },
+            None => Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(KeyValue {
+                    key,
+                    mod_revision: rev,
+                    ..Default::default()
+                }),
+                prev_kv,
+            },
+        });
+    }
+    Ok((events, to.saturating_add(1)))
 }

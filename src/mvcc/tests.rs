@@ -869,3 +869,35 @@ fn keys_with_zero_bytes_and_many_versions() {
         .unwrap();
     assert_eq!(r.kvs[0].value, b"8");
 }
+
+#[test]
+fn history_replays_every_change_with_prev_kv_in_revision_order() {
+    let mut s = Store::new();
+    s.put("a", "1"); // 2
+    s.write(|w| {
+        w.txn(&TxnRequest {
+            success: vec![op_put("b", "1"), op_put("c", "1")],
+            ..Default::default()
+        })
+    })
+    .unwrap(); // 3
+    s.put("a", "2"); // 4
+    s.write(|w| {
+        w.delete_range(&DeleteRangeRequest {
+            key: "a".into(),
+            ..Default::default()
+        })
+    })
+    .unwrap(); // 5
+    let (events, next) = read::history(&s.map, 2, 5, 100).unwrap();
+    assert_eq!(next, 6);
+    assert_eq!(events, s.events, "history equals what apply emitted");
+    // A limit never splits a revision: the txn's two events come together.
+    let (events, next) = read::history(&s.map, 2, 5, 2).unwrap();
+    assert_eq!(events.len(), 3);
+    assert_eq!(next, 4);
+    let (events, _) = read::history(&s.map, 4, 5, 100).unwrap();
+    assert_eq!(events[1].r#type, EventType::Delete as i32);
+    assert_eq!(events[1].prev_kv.as_ref().unwrap().value, b"2");
+    assert!(read::history(&s.map, 6, 5, 10).unwrap().0.is_empty());
+}

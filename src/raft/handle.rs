@@ -161,7 +161,7 @@ async fn batch_loop(submitter: Submitter, mut rx: mpsc::Receiver<Pending>) {
                 batch.into_iter().map(|p| (p.command, p.reply)).unzip();
             let n = commands.len();
             match submitter.submit(Proposal { commands }).await {
-                Ok(ProposalResult { results }) if results.len() == n => {
+                Ok(ProposalResult { results, .. }) if results.len() == n => {
                     for (reply, result) in replies.into_iter().zip(results) {
                         let _ = reply.send(Ok(result));
                     }
@@ -250,7 +250,20 @@ impl Submitter {
                 .propose(leader, &member, &proposal, remaining)
                 .await
             {
-                Ok(Ok(result)) => return Ok(result),
+                Ok(Ok(result)) => {
+                    // Answer only once this member has applied the entry too, as etcd does:
+                    // the caller's next request here (even a serializable read) sees it.
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if let Err(e) = self
+                        .raft
+                        .wait(Some(remaining))
+                        .applied_index_at_least(Some(result.index), "forwarded write applied")
+                        .await
+                    {
+                        tracing::warn!(%e, index = result.index, "forwarded write not applied here in time");
+                    }
+                    return Ok(result);
+                }
                 // Refused or never delivered: certainly not appended, safe to retry.
                 Ok(Err(ForwardRefusal::NotLeader(_) | ForwardRefusal::Stopped))
                 | Err(PeerError::Unreachable(..)) => self.backoff(deadline).await?,

@@ -19,12 +19,8 @@ use super::types::{
 };
 use crate::command::{Command, CommandResult};
 use crate::mvcc::{MvccError, Writer};
-use crate::pb::mvccpb::Event;
 use crate::storage::state::{self as state_store, meta, StateStore};
-
-/// Receives the events of every applied batch, in revision order. Must not block: apply waits
-/// for it.
-pub type EventSink = Arc<dyn Fn(Vec<Event>) + Send + Sync>;
+use crate::watch::WatchHub;
 
 /// A snapshot as kept in memory and on disk.
 #[derive(Clone, Serialize, Deserialize)]
@@ -41,7 +37,8 @@ pub struct StateMachine {
     /// restarted member can still send it to a lagging follower.
     current: Arc<Mutex<Option<StoredSnapshot>>>,
     snapshot_path: PathBuf,
-    events: EventSink,
+    /// Told about every applied batch's events, after they are committed.
+    watch: WatchHub,
 }
 
 fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -68,7 +65,7 @@ impl StateMachine {
     pub fn open(
         store: Arc<StateStore>,
         snapshot_path: &Path,
-        events: EventSink,
+        watch: WatchHub,
     ) -> Result<StateMachine, StorageError> {
         let applied = decode_meta::<Option<LogId>>(&store, meta::APPLIED)?.flatten();
         let membership = decode_meta(&store, meta::MEMBERSHIP)?.unwrap_or_default();
@@ -86,7 +83,7 @@ impl StateMachine {
             membership,
             current: Arc::new(Mutex::new(current)),
             snapshot_path: snapshot_path.to_path_buf(),
-            events,
+            watch,
         })
     }
 
@@ -148,7 +145,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     for cmd in &commands {
                         results.push(apply_command(&mut writer, cmd)?);
                     }
-                    responses.push(ProposalResult { results });
+                    responses.push(ProposalResult {
+                        results,
+                        index: entry.log_id.index,
+                    });
                 }
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m);
@@ -171,9 +171,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             )
             .map_err(sm_write_err)?;
         self.applied = Some(last);
-        if !out.events.is_empty() {
-            (self.events)(out.events);
-        }
+        self.watch.publish(out.events);
         Ok(responses)
     }
 
@@ -211,6 +209,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         persist_snapshot(&self.snapshot_path, &stored)?;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
+        // Watchers skipped the installed revisions' events: they re-read them from history.
+        self.watch.resync();
         Ok(())
     }
 

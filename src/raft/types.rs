@@ -43,6 +43,9 @@ impl fmt::Display for Proposal {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProposalResult {
     pub results: Vec<CommandResult>,
+    /// Log index of the entry, so a member that forwarded the proposal can wait until it has
+    /// applied the entry itself before answering (etcd answers after the local apply).
+    pub index: u64,
 }
 
 openraft::declare_raft_types!(

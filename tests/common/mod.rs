@@ -72,6 +72,11 @@ async fn bind_again(addr: SocketAddr) -> TcpListener {
 impl Cluster {
     /// Starts `n` members forming a new cluster and waits for a leader.
     pub async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[]).await
+    }
+
+    /// Like [`Cluster::start`], with extra `corral serve` flags for every member.
+    pub async fn start_with(n: usize, extra: &[&str]) -> Cluster {
         init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut bound = Vec::new();
@@ -91,7 +96,7 @@ impl Cluster {
         for (i, (client, peer)) in bound.into_iter().enumerate() {
             let (c, p) = (client.local_addr().unwrap(), peer.local_addr().unwrap());
             let data = dir.path().join(format!("m{i}"));
-            let args = Args::try_parse_from([
+            let base = [
                 "corral".to_string(),
                 format!("--name=m{i}"),
                 format!("--data-dir={}", data.display()),
@@ -103,8 +108,11 @@ impl Cluster {
                 "--listen-metrics-urls=".to_string(),
                 "--heartbeat-interval=50".to_string(),
                 "--election-timeout=500".to_string(),
-            ])
-            .expect("args");
+                "--watch-progress-notify-interval=300ms".to_string(),
+            ];
+            let args =
+                Args::try_parse_from(base.into_iter().chain(extra.iter().map(|s| s.to_string())))
+                    .expect("args");
             let cfg = args.serve.validate().expect("valid config");
             slots.push(Slot {
                 cfg,
