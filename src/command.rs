@@ -24,6 +24,19 @@ pub enum Command {
         id: u64,
         client_urls: Vec<String>,
     },
+    /// Creates lease `id` with `ttl` seconds (both chosen before proposing).
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Revokes a lease on a client's request, deleting its keys.
+    LeaseRevoke {
+        id: i64,
+    },
+    /// Revokes leases the leader's clock found expired; ids already gone are skipped.
+    LeaseExpire {
+        ids: Vec<i64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -935,7 +935,7 @@ mod tests {
             );
             count += 1;
         }
-        assert_eq!(count, 14);
+        assert_eq!(count, 16);
     }
 
     #[test]

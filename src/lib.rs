@@ -16,6 +16,8 @@
 //!   (server), and the `RaftHandle` facade: batched `propose`, `read_barrier`, leader, members.
 //! - [`mvcc`]: etcd's MVCC semantics — revisions, versions, tombstones, Range / Put /
 //!   DeleteRange / Txn / Compact — pure and deterministic over an ordered `Backend`.
+//! - [`lease`]: the lease table (applied, deterministic) and the leader-only expiry clock that
+//!   proposes revocations; keep-alives never go through Raft.
 //! - [`storage`]: sled, and nothing else names it: the Raft log store (group commit) and the
 //!   state-machine store (one atomic batch per apply).
 //! - [`watch`]: the hub that fans applied events out to watch streams without ever blocking
@@ -26,6 +28,7 @@
 pub mod api;
 pub mod command;
 pub mod config;
+pub mod lease;
 pub mod mvcc;
 pub mod node;
 pub mod ops;

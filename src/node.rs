@@ -14,17 +14,21 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::cluster::ClusterService;
 use crate::api::kv::KvService;
+use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::api::{ApiContext, Ctx};
 use crate::command::Command;
 use crate::config::{member_id_for, ClusterState, Config};
+use crate::lease::clock::LeaseClock;
 use crate::pb::corral::peer::v1::peer_server::PeerServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
+use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::raft::handle::RaftHandle;
+use crate::raft::lease_expiry;
 use crate::raft::network::{Faults, Network, PeerClients};
 use crate::raft::service::PeerService;
 use crate::raft::state_machine::StateMachine;
@@ -113,10 +117,12 @@ impl Node {
             StateStore::open(&cfg.data_dir.join("state")).with_context(|| "opening the state")?,
         );
         let hub = WatchHub::new(cfg.watch_buffer);
+        let leases = Arc::new(LeaseClock::default());
         let sm = StateMachine::open(
             store.clone(),
             &cfg.data_dir.join("snapshot.bin"),
             hub.clone(),
+            leases.clone(),
         )
         .map_err(|e| anyhow::anyhow!("opening the state machine: {e}"))?;
 
@@ -134,12 +140,22 @@ impl Node {
         let mut servers = Vec::new();
         let timeout = request_timeout(&cfg);
 
+        let handle = RaftHandle::new(
+            cfg.member_id,
+            raft.clone(),
+            clients,
+            store,
+            leases.clone(),
+            timeout,
+            Duration::from_millis(cfg.election_timeout_ms),
+        );
+
         // Peers first: the others' votes and appends must reach us as soon as we exist.
         let peer_addr = listeners.peer.local_addr()?;
         let peer_router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(
-                PeerServer::new(PeerService::new(raft.clone(), timeout))
+                PeerServer::new(PeerService::new(handle.clone(), timeout))
                     .max_decoding_message_size(usize::MAX)
                     .max_encoding_message_size(usize::MAX),
             );
@@ -154,7 +170,6 @@ impl Node {
             bootstrap(&raft, &cfg).await?;
         }
 
-        let handle = RaftHandle::new(cfg.member_id, raft, clients, store, timeout);
         let ctx: Ctx = Arc::new(ApiContext {
             handle: handle.clone(),
             cluster_id: cfg.cluster_id,
@@ -194,6 +209,12 @@ impl Node {
             None => None,
         };
 
+        tokio::spawn(lease_expiry::run(
+            handle.clone(),
+            leases,
+            Duration::from_millis((cfg.election_timeout_ms / 2).clamp(50, 500)),
+            shutdown_rx.clone(),
+        ));
         tokio::spawn(publish_self(
             handle.clone(),
             cfg.advertise_client_urls.clone(),
@@ -327,6 +348,7 @@ async fn client_router(
         "etcdserverpb.Cluster",
         "etcdserverpb.Maintenance",
         "etcdserverpb.Watch",
+        "etcdserverpb.Lease",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
@@ -364,6 +386,10 @@ async fn client_router(
             ))
             .max_decoding_message_size(GRPC_MAX_MESSAGE),
         )
+        .add_service(LeaseServer::new(LeaseService::new(
+            ctx.clone(),
+            cfg.election_timeout_ms,
+        )))
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
         .add_service(MaintenanceServer::new(MaintenanceService::new(ctx.clone())))
         .add_service(health_service)

@@ -22,6 +22,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
             store,
             &dir.path().join("snapshot.bin"),
             corral::watch::WatchHub::default(),
+            Default::default(),
         )?;
         Ok((dir, log, sm))
     }

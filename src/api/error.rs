@@ -8,8 +8,11 @@ use crate::raft::handle::ProposeError;
 
 pub fn mvcc_status(e: MvccError) -> Status {
     let code = match &e {
-        MvccError::Compacted | MvccError::FutureRevision => Code::OutOfRange,
+        MvccError::Compacted | MvccError::FutureRevision | MvccError::LeaseTtlTooLarge => {
+            Code::OutOfRange
+        }
         MvccError::LeaseNotFound => Code::NotFound,
+        MvccError::LeaseExists => Code::FailedPrecondition,
         MvccError::KeyNotFound
         | MvccError::EmptyKey
         | MvccError::ValueProvided

@@ -40,6 +40,10 @@ pub enum MvccError {
     FutureRevision,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: key not found")]
     KeyNotFound,
     #[error("etcdserver: key is not provided")]

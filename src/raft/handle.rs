@@ -18,9 +18,11 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
-use super::network::{ForwardRefusal, PeerClients, PeerError};
+use super::network::{ForwardRefusal, LeaseAsk, PeerClients, PeerError};
 use super::types::{Member, NodeId, Proposal, ProposalResult, Raft};
 use crate::command::{Command, CommandResult};
+use crate::lease::clock::LeaseClock;
+use crate::pb::corral::peer::v1::LeaseAnswer;
 use crate::storage::state::StateStore;
 
 /// Commands per Raft entry at most.
@@ -54,6 +56,11 @@ struct Submitter {
     raft: Raft,
     clients: PeerClients,
     timeout: Duration,
+    /// The leader answers lease keep-alives from this clock, without Raft.
+    leases: Arc<LeaseClock>,
+    /// How recently a quorum must have acknowledged this leader for it to answer lease
+    /// questions on its own authority.
+    election_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -70,13 +77,17 @@ impl RaftHandle {
         raft: Raft,
         clients: PeerClients,
         store: Arc<StateStore>,
+        leases: Arc<LeaseClock>,
         timeout: Duration,
+        election_timeout: Duration,
     ) -> RaftHandle {
         let submitter = Submitter {
             id,
             raft,
             clients,
             timeout,
+            leases,
+            election_timeout,
         };
         let (queue, rx) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
         tokio::spawn(batch_loop(submitter.clone(), rx));
@@ -117,6 +128,21 @@ impl RaftHandle {
     /// served after it are linearizable. Works on followers through the leader's read index.
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
         self.submitter.read_barrier().await
+    }
+
+    pub fn leases(&self) -> &Arc<LeaseClock> {
+        &self.submitter.leases
+    }
+
+    /// Asks the leader's lease clock (forwarding from a follower): for a keep-alive the
+    /// renewed TTL, for time-to-live (granted, remaining). `None`: no such lease.
+    pub async fn lease(&self, ask: LeaseAsk, id: i64) -> Result<Option<(i64, i64)>, ProposeError> {
+        self.submitter.lease(ask, id).await
+    }
+
+    /// Answers a lease question if this member is a leader acknowledged by a quorum.
+    pub async fn lease_as_leader(&self, ask: LeaseAsk, id: i64) -> LeaseAnswer {
+        self.submitter.lease_as_leader(ask, id).await
     }
 
     /// The leader this member knows of.
@@ -272,6 +298,94 @@ impl Submitter {
                     return Err(ProposeError::Timeout);
                 }
             }
+        }
+    }
+
+    async fn lease(&self, ask: LeaseAsk, id: i64) -> Result<Option<(i64, i64)>, ProposeError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let leader = self.wait_leader(deadline).await?;
+            let answer = if leader == self.id {
+                self.lease_as_leader(ask, id).await
+            } else {
+                let Some(member) = self.member(leader) else {
+                    self.backoff(deadline).await?;
+                    continue;
+                };
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match self
+                    .clients
+                    .lease(leader, &member, ask, id, remaining)
+                    .await
+                {
+                    Ok(a) => a,
+                    // A keep-alive renews a deadline; repeating one is harmless.
+                    Err(_) => {
+                        self.backoff(deadline).await?;
+                        continue;
+                    }
+                }
+            };
+            if answer.not_leader {
+                self.backoff(deadline).await?;
+                continue;
+            }
+            return Ok(answer
+                .found
+                .then_some((answer.granted_ttl, answer.remaining_ttl)));
+        }
+    }
+
+    /// Confirms with a quorum that this member still leads (a leader cut off from the
+    /// majority must not keep leases alive that the new leader will expire).
+    async fn confirm_leadership(&self) -> bool {
+        let fresh = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.current_leader == Some(self.id)
+                && m.millis_since_quorum_ack
+                    .is_some_and(|ms| u128::from(ms) < self.election_timeout.as_millis())
+        };
+        if fresh {
+            return true;
+        }
+        matches!(
+            tokio::time::timeout(self.election_timeout, self.raft.get_read_log_id()).await,
+            Ok(Ok(_))
+        )
+    }
+
+    async fn lease_as_leader(&self, ask: LeaseAsk, id: i64) -> LeaseAnswer {
+        let not_leader = LeaseAnswer {
+            not_leader: true,
+            ..Default::default()
+        };
+        if !self.confirm_leadership().await {
+            return not_leader;
+        }
+        let mut answer = self.ask_clock(ask, id);
+        if answer.is_none() {
+            // A new leader may not have applied a recent grant yet: catch up, look again.
+            if self.read_barrier().await.is_err() {
+                return not_leader;
+            }
+            answer = self.ask_clock(ask, id);
+        }
+        match answer {
+            Some((granted_ttl, remaining_ttl)) => LeaseAnswer {
+                not_leader: false,
+                found: true,
+                granted_ttl,
+                remaining_ttl,
+            },
+            None => LeaseAnswer::default(),
+        }
+    }
+
+    fn ask_clock(&self, ask: LeaseAsk, id: i64) -> Option<(i64, i64)> {
+        match ask {
+            LeaseAsk::KeepAlive => self.leases.keep_alive(id).map(|ttl| (ttl, ttl)),
+            LeaseAsk::TimeToLive => self.leases.time_to_live(id),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Raft: type config, state machine, peer network and service, and the handle services use.
 pub mod handle;
+pub mod lease_expiry;
 pub mod network;
 pub mod service;
 pub mod state_machine;

@@ -23,7 +23,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::types::{Member, NodeId, Proposal, ProposalResult, TypeConfig};
 use crate::pb::corral::peer::v1::peer_client::PeerClient;
-use crate::pb::corral::peer::v1::{RaftMessage, ReadIndexRequest, ReadIndexResponse};
+use crate::pb::corral::peer::v1::{
+    LeaseAnswer, LeaseQuery, RaftMessage, ReadIndexRequest, ReadIndexResponse,
+};
 
 /// Peers this member currently cannot reach (test fault injection).
 #[derive(Clone, Default)]
@@ -171,6 +173,34 @@ impl PeerClients {
             .await
             .map_err(|s| classify(peer, s))?;
         Ok(resp.into_inner())
+    }
+}
+
+/// Which lease question to ask the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseAsk {
+    KeepAlive,
+    TimeToLive,
+}
+
+impl PeerClients {
+    /// Asks the leader's lease clock.
+    pub async fn lease(
+        &self,
+        peer: NodeId,
+        member: &Member,
+        ask: LeaseAsk,
+        id: i64,
+        timeout: Duration,
+    ) -> Result<LeaseAnswer, PeerError> {
+        let mut client = self.client(peer, member)?;
+        let mut req = tonic::Request::new(LeaseQuery { id });
+        req.set_timeout(timeout);
+        let resp = match ask {
+            LeaseAsk::KeepAlive => client.lease_keep_alive(req).await,
+            LeaseAsk::TimeToLive => client.lease_time_to_live(req).await,
+        };
+        Ok(resp.map_err(|s| classify(peer, s))?.into_inner())
     }
 }
 

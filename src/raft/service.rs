@@ -7,21 +7,26 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tonic::{Request, Response, Status};
 
-use super::network::{decode, encode, ForwardRefusal};
+use super::handle::RaftHandle;
+use super::network::{decode, encode, ForwardRefusal, LeaseAsk};
 use super::types::{Proposal, ProposalResult, Raft, TypeConfig};
 use crate::pb::corral::peer::v1::peer_server::Peer;
-use crate::pb::corral::peer::v1::{RaftMessage, ReadIndexRequest, ReadIndexResponse};
+use crate::pb::corral::peer::v1::{
+    LeaseAnswer, LeaseQuery, RaftMessage, ReadIndexRequest, ReadIndexResponse,
+};
 
 pub struct PeerService {
     raft: Raft,
+    handle: RaftHandle,
     /// Bound on a read-index quorum check, so a partitioned leader answers instead of hanging.
     read_index_timeout: Duration,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, read_index_timeout: Duration) -> Self {
+    pub fn new(handle: RaftHandle, read_index_timeout: Duration) -> Self {
         PeerService {
-            raft,
+            raft: handle.raft().clone(),
+            handle,
             read_index_timeout,
         }
     }
@@ -99,5 +104,25 @@ impl Peer for PeerService {
             | Ok(Err(RaftError::Fatal(_))) => not_leader(None),
         };
         Ok(Response::new(resp))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<LeaseQuery>,
+    ) -> Result<Response<LeaseAnswer>, Status> {
+        let id = req.get_ref().id;
+        Ok(Response::new(
+            self.handle.lease_as_leader(LeaseAsk::KeepAlive, id).await,
+        ))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseQuery>,
+    ) -> Result<Response<LeaseAnswer>, Status> {
+        let id = req.get_ref().id;
+        Ok(Response::new(
+            self.handle.lease_as_leader(LeaseAsk::TimeToLive, id).await,
+        ))
     }
 }

@@ -18,6 +18,7 @@ use super::types::{
     TypeConfig,
 };
 use crate::command::{Command, CommandResult};
+use crate::lease::{self, clock::LeaseClock};
 use crate::mvcc::{MvccError, Writer};
 use crate::storage::state::{self as state_store, meta, StateStore};
 use crate::watch::WatchHub;
@@ -39,6 +40,14 @@ pub struct StateMachine {
     snapshot_path: PathBuf,
     /// Told about every applied batch's events, after they are committed.
     watch: WatchHub,
+    /// Told about every lease granted or revoked, after it is committed.
+    leases: Arc<LeaseClock>,
+}
+
+/// A lease change to report to the clock once its batch is committed.
+enum LeaseChange {
+    Granted(i64, i64),
+    Revoked(i64),
 }
 
 fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -66,7 +75,9 @@ impl StateMachine {
         store: Arc<StateStore>,
         snapshot_path: &Path,
         watch: WatchHub,
+        leases: Arc<LeaseClock>,
     ) -> Result<StateMachine, StorageError> {
+        leases.reload(&lease::all(&store.backend()).map_err(sm_read_err)?);
         let applied = decode_meta::<Option<LogId>>(&store, meta::APPLIED)?.flatten();
         let membership = decode_meta(&store, meta::MEMBERSHIP)?.unwrap_or_default();
         let current = match std::fs::read(snapshot_path) {
@@ -84,6 +95,7 @@ impl StateMachine {
             current: Arc::new(Mutex::new(current)),
             snapshot_path: snapshot_path.to_path_buf(),
             watch,
+            leases,
         })
     }
 
@@ -97,6 +109,7 @@ impl StateMachine {
 fn apply_command<B: crate::mvcc::Backend>(
     w: &mut Writer<'_, B>,
     cmd: &Command,
+    changes: &mut Vec<LeaseChange>,
 ) -> Result<CommandResult, StorageError> {
     let result = match cmd {
         Command::Put(r) => w.put(r).map(CommandResult::Put),
@@ -109,6 +122,25 @@ fn apply_command<B: crate::mvcc::Backend>(
                 state_store::meta_key(&state_store::member_attr_name(*id)),
                 bytes,
             );
+            Ok(CommandResult::Done)
+        }
+        Command::LeaseGrant { id, ttl } => lease::grant(w, *id, *ttl).map(|()| {
+            changes.push(LeaseChange::Granted(*id, *ttl));
+            CommandResult::Done
+        }),
+        Command::LeaseRevoke { id } => lease::revoke(w, *id).map(|()| {
+            changes.push(LeaseChange::Revoked(*id));
+            CommandResult::Done
+        }),
+        Command::LeaseExpire { ids } => {
+            for id in ids {
+                match lease::revoke(w, *id) {
+                    Ok(()) | Err(MvccError::LeaseNotFound) => {
+                        changes.push(LeaseChange::Revoked(*id))
+                    }
+                    Err(e) => return Err(sm_write_err(e)),
+                }
+            }
             Ok(CommandResult::Done)
         }
     };
@@ -135,6 +167,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let backend = store.backend();
         let mut writer = Writer::new(&backend, store.revision(), store.compacted());
         let mut responses = Vec::new();
+        let mut lease_changes = Vec::new();
         let mut last = None;
         for entry in entries {
             last = Some(entry.log_id);
@@ -143,7 +176,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(Proposal { commands }) => {
                     let mut results = Vec::with_capacity(commands.len());
                     for cmd in &commands {
-                        results.push(apply_command(&mut writer, cmd)?);
+                        results.push(apply_command(&mut writer, cmd, &mut lease_changes)?);
                     }
                     responses.push(ProposalResult {
                         results,
@@ -171,6 +204,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             )
             .map_err(sm_write_err)?;
         self.applied = Some(last);
+        for change in lease_changes {
+            match change {
+                LeaseChange::Granted(id, ttl) => self.leases.granted(id, ttl),
+                LeaseChange::Revoked(id) => self.leases.revoked(id),
+            }
+        }
         self.watch.publish(out.events);
         Ok(responses)
     }
@@ -211,6 +250,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
         // Watchers skipped the installed revisions' events: they re-read them from history.
         self.watch.resync();
+        self.leases
+            .reload(&lease::all(&self.store.backend()).map_err(sm_read_err)?);
         Ok(())
     }
 
