@@ -974,3 +974,58 @@ fn sigterm_and_sigint_shut_down_cleanly_and_data_survives_restart() {
         "foo/a\n\nfoo/b\n\nfoo/c\n\n"
     );
 }
+
+#[test]
+fn etcdctl_watch_prefix_sees_puts_and_deletes_from_another_client() {
+    let node = Node::start();
+    node.etcdctl(&["put", "seed", "0"]).success();
+    let rev = int(&node
+        .etcdctl(&["get", "seed", "-w", "json"])
+        .success()
+        .json()["header"]["revision"])
+    .expect("header revision");
+    // Watch from the next revision: no race with the writes below.
+    let mut watch = node
+        .etcdctl_command("60s")
+        .args(["watch", "--prefix", "w/", &format!("--rev={}", rev + 1)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn etcdctl watch");
+    let stdout = watch.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    node.etcdctl(&["put", "w/a", "1"]).success();
+    node.etcdctl(&["put", "elsewhere", "x"]).success();
+    node.etcdctl(&["put", "w/b", "2"]).success();
+    node.etcdctl(&["del", "w/a"]).success();
+    let want = ["PUT", "w/a", "1", "PUT", "w/b", "2", "DELETE", "w/a"];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut lines: Vec<String> = Vec::new();
+    while lines.iter().filter(|l| !l.is_empty()).count() < want.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("etcdctl watch printed only {lines:?}"),
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let seen: Vec<&str> = lines
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(seen, want);
+}
