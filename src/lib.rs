@@ -36,3 +36,4 @@ pub mod pb;
 pub mod raft;
 pub mod storage;
 pub mod watch;
+pub mod znode;

@@ -53,6 +53,11 @@ pub mod v3lockpb {
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
 pub mod corral {
     /// Member-to-member service on the peer port (never exposed to clients).
+    /// The native API: znodes, sessions, znode watches.
+    pub mod v1 {
+        tonic::include_proto!("corral.v1");
+    }
+    /// Member-to-member service on the peer port (never exposed to clients).
     pub mod peer {
         pub mod v1 {
             tonic::include_proto!("corral.peer.v1");
