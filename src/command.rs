@@ -37,6 +37,17 @@ pub enum Command {
     LeaseExpire {
         ids: Vec<i64>,
     },
+    /// Znode operations applied all-or-nothing at one zxid; `now_ms` is the proposer's clock
+    /// for ctime/mtime, so every member stores the same times.
+    Znode {
+        ops: Vec<crate::pb::corral::v1::Op>,
+        now_ms: i64,
+    },
+    /// Containers and TTL znodes the leader found due; re-checked at apply.
+    ZnodeReap {
+        paths: Vec<String>,
+        now_ms: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +58,8 @@ pub enum CommandResult {
     Compact(CompactionResponse),
     /// A command with nothing to report succeeded.
     Done,
+    /// The outcome of a znode batch (it may have failed as a whole: see `succeeded`).
+    Znode(crate::pb::corral::v1::MultiResponse),
     /// The command was refused and changed nothing.
     Error(MvccError),
 }

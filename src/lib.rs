@@ -22,10 +22,16 @@
 //!   state-machine store (one atomic batch per apply).
 //! - [`watch`]: the hub that fans applied events out to watch streams without ever blocking
 //!   apply; streams that fall behind catch up from stored history.
+//! - [`znode`]: the ZooKeeper-style namespace on the flat key space — path rules, key layout
+//!   (depth-prefixed, so children are one prefix scan), records with ZooKeeper's stat, and
+//!   the staged all-or-nothing operations that become one MVCC txn per call.
 //! - [`ops`]: the metrics/health HTTP endpoint.
 //! - [`pb`]: generated protobuf code (etcd's packages and corral's peer protocol).
+//! - [`checker`]: linearizability (per-key Wing–Gong search), revision and watch-stream checks
+//!   over recorded client histories; used by the fault tests, pure and deterministic.
 
 pub mod api;
+pub mod checker;
 pub mod command;
 pub mod config;
 pub mod lease;

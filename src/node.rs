@@ -16,23 +16,27 @@ use crate::api::cluster::ClusterService;
 use crate::api::kv::KvService;
 use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
+use crate::api::session::{SessionBounds, SessionService};
 use crate::api::watch::WatchService;
+use crate::api::znode::ZnodeService;
 use crate::api::{ApiContext, Ctx};
 use crate::command::Command;
 use crate::config::{member_id_for, ClusterState, Config};
 use crate::lease::clock::LeaseClock;
 use crate::pb::corral::peer::v1::peer_server::PeerServer;
+use crate::pb::corral::v1::sessions_server::SessionsServer;
+use crate::pb::corral::v1::znodes_server::ZnodesServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::raft::handle::RaftHandle;
-use crate::raft::lease_expiry;
 use crate::raft::network::{Faults, Network, PeerClients};
 use crate::raft::service::PeerService;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{Member, NodeId, Raft};
+use crate::raft::{lease_expiry, znode_reaper};
 use crate::storage::log_store::LogStore;
 use crate::storage::state::{member_attr_name, StateStore};
 use crate::watch::WatchHub;
@@ -127,7 +131,7 @@ impl Node {
         .map_err(|e| anyhow::anyhow!("opening the state machine: {e}"))?;
 
         let faults = Faults::default();
-        let clients = PeerClients::new(faults.clone());
+        let clients = PeerClients::new(faults.clone(), cfg.peer_dial_map.clone());
         let network = Network {
             clients: clients.clone(),
         };
@@ -213,6 +217,11 @@ impl Node {
             handle.clone(),
             leases,
             Duration::from_millis((cfg.election_timeout_ms / 2).clamp(50, 500)),
+            shutdown_rx.clone(),
+        ));
+        tokio::spawn(znode_reaper::run(
+            handle.clone(),
+            Duration::from_millis(500),
             shutdown_rx.clone(),
         ));
         tokio::spawn(publish_self(
@@ -349,6 +358,8 @@ async fn client_router(
         "etcdserverpb.Maintenance",
         "etcdserverpb.Watch",
         "etcdserverpb.Lease",
+        "corral.v1.Znodes",
+        "corral.v1.Sessions",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
@@ -388,6 +399,15 @@ async fn client_router(
         )
         .add_service(LeaseServer::new(LeaseService::new(
             ctx.clone(),
+            cfg.election_timeout_ms,
+        )))
+        .add_service(
+            ZnodesServer::new(ZnodeService::new(ctx.clone(), hub.clone()))
+                .max_decoding_message_size(GRPC_MAX_MESSAGE),
+        )
+        .add_service(SessionsServer::new(SessionService::new(
+            ctx.clone(),
+            SessionBounds::default(),
             cfg.election_timeout_ms,
         )))
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))

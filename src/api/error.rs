@@ -20,7 +20,8 @@ pub fn mvcc_status(e: MvccError) -> Status {
         | MvccError::TooManyOps
         | MvccError::DuplicateKey
         | MvccError::InvalidSortOption
-        | MvccError::RequestTooLarge => Code::InvalidArgument,
+        | MvccError::RequestTooLarge
+        | MvccError::ReservedKey => Code::InvalidArgument,
         MvccError::Storage(_) | MvccError::Corrupt(_) => {
             // The detail goes to the log, not to the client.
             tracing::error!(error = %e, "storage failure while serving a request");

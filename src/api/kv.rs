@@ -6,13 +6,14 @@ use tonic::{Request, Response, Status};
 use super::error::{mvcc_status, propose_status};
 use super::Ctx;
 use crate::command::{Command, CommandResult};
-use crate::mvcc::{self, validate, MvccError, Writer, MAX_REQUEST_BYTES};
+use crate::mvcc::{self, validate, KeySpan, MvccError, Writer, MAX_REQUEST_BYTES};
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::etcdserverpb::request_op::Request as Op;
 use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
+use crate::znode::ZNODE_PREFIX;
 
 pub struct KvService {
     ctx: Ctx,
@@ -47,6 +48,35 @@ fn check_size(m: &impl Message) -> Result<(), Status> {
 fn unexpected(result: CommandResult) -> Status {
     tracing::error!(?result, "state machine returned a result of the wrong kind");
     Status::internal("etcdserver: unexpected apply result")
+}
+
+/// Refuses etcd-API writes into the znode namespace: its invariants (parent counters,
+/// ephemeral owners) are kept by the znode layer alone.
+fn guard_reserved(key: &[u8], range_end: &[u8]) -> Result<(), Status> {
+    let reserved = KeySpan::Range {
+        start: ZNODE_PREFIX,
+        end: Some(&znode_end()),
+    };
+    if KeySpan::new(key, range_end).overlaps(&reserved) {
+        return Err(mvcc_status(MvccError::ReservedKey));
+    }
+    Ok(())
+}
+
+fn znode_end() -> Vec<u8> {
+    crate::znode::prefix_end(ZNODE_PREFIX)
+}
+
+fn guard_txn(t: &TxnRequest) -> Result<(), Status> {
+    for op in t.success.iter().chain(&t.failure) {
+        match &op.request {
+            Some(Op::RequestPut(p)) => guard_reserved(&p.key, &[])?,
+            Some(Op::RequestDeleteRange(d)) => guard_reserved(&d.key, &d.range_end)?,
+            Some(Op::RequestTxn(inner)) => guard_txn(inner)?,
+            Some(Op::RequestRange(_)) | None => {}
+        }
+    }
+    Ok(())
 }
 
 /// True when every range in the txn (nested ones too) asked for a serializable read.
@@ -86,6 +116,7 @@ impl Kv for KvService {
         let req = req.into_inner();
         validate::check_put(&req).map_err(mvcc_status)?;
         check_size(&req)?;
+        guard_reserved(&req.key, &[])?;
         match self.propose(Command::Put(req)).await? {
             CommandResult::Put(mut resp) => {
                 self.ctx.fill(&mut resp.header);
@@ -102,6 +133,7 @@ impl Kv for KvService {
         let req = req.into_inner();
         validate::check_delete(&req).map_err(mvcc_status)?;
         check_size(&req)?;
+        guard_reserved(&req.key, &req.range_end)?;
         match self.propose(Command::DeleteRange(req)).await? {
             CommandResult::DeleteRange(mut resp) => {
                 self.ctx.fill(&mut resp.header);
@@ -115,6 +147,7 @@ impl Kv for KvService {
         let req = req.into_inner();
         validate::check_txn(&req).map_err(mvcc_status)?;
         check_size(&req)?;
+        guard_txn(&req)?;
         let mut resp = if validate::txn_is_read_only(&req) {
             // A txn that cannot write is a read: no Raft round, just a read barrier unless
             // every read in it is serializable.

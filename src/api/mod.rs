@@ -6,7 +6,9 @@ pub mod error;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod session;
 pub mod watch;
+pub mod znode;
 
 use std::sync::Arc;
 

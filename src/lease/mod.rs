@@ -9,6 +9,8 @@ pub mod clock;
 
 use crate::mvcc::keys::{attach_prefix, lease_key, prefix_end, LEASE_SPACE};
 use crate::mvcc::{Backend, MvccError, Writer};
+use crate::pb::etcdserverpb::request_op::Request;
+use crate::pb::etcdserverpb::{DeleteRangeRequest, RequestOp, TxnRequest};
 
 /// etcd's upper bound on a lease TTL, in seconds.
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
@@ -84,7 +86,27 @@ pub fn revoke<B: Backend>(w: &mut Writer<'_, B>, id: i64) -> Result<(), MvccErro
             return Err(MvccError::LeaseNotFound);
         }
         let keys = attached_keys(w.view(), id)?;
-        w.delete_keys(&keys)?;
+        // Ephemeral znodes go with their parents' counters; everything in one revision.
+        let (znodes, plain): (Vec<_>, Vec<_>) = keys
+            .into_iter()
+            .partition(|k| crate::znode::is_znode_key(k));
+        let paths: Vec<String> = znodes
+            .iter()
+            .filter_map(|k| crate::znode::path_of(k).map(str::to_string))
+            .collect();
+        let mut ops = crate::znode::ops::session_cleanup_ops(w.view(), w.revision(), &paths)?;
+        ops.extend(plain.into_iter().map(|key| RequestOp {
+            request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                key,
+                ..Default::default()
+            })),
+        }));
+        if !ops.is_empty() {
+            w.txn(&TxnRequest {
+                success: ops,
+                ..Default::default()
+            })?;
+        }
         w.view_mut().remove(lease_key(id));
         Ok(())
     })

@@ -60,6 +60,9 @@ pub enum MvccError {
     InvalidSortOption,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
+    /// A write through the etcd API into the znode namespace's reserved keys.
+    #[error("corral: keys under \"\\x00zk/\" belong to the znode namespace and are read-only through the etcd API")]
+    ReservedKey,
     /// The backend failed to read or write; the member cannot continue applying.
     #[error("storage error: {0}")]
     Storage(String),

@@ -5,3 +5,4 @@ pub mod network;
 pub mod service;
 pub mod state_machine;
 pub mod types;
+pub mod znode_reaper;

@@ -132,6 +132,12 @@ fn apply_command<B: crate::mvcc::Backend>(
             changes.push(LeaseChange::Revoked(*id));
             CommandResult::Done
         }),
+        Command::Znode { ops, now_ms } => {
+            crate::znode::ops::apply(w, ops, *now_ms).map(CommandResult::Znode)
+        }
+        Command::ZnodeReap { paths, now_ms } => {
+            crate::znode::ops::reap(w, paths, *now_ms).map(|_| CommandResult::Done)
+        }
         Command::LeaseExpire { ids } => {
             for id in ids {
                 match lease::revoke(w, *id) {
