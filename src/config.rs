@@ -6,7 +6,7 @@
 //! socket or opening the data directory is checked here, so that a bad flag fails at startup
 //! with a message naming the flag instead of surfacing later as a Raft or network error.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
@@ -36,6 +36,7 @@ const FLAG_ADVERTISE_PEER_DEFAULT: &str =
     "--initial-advertise-peer-urls (defaulted from --listen-peer-urls)";
 const FLAG_INITIAL_CLUSTER: &str = "--initial-cluster";
 const FLAG_LISTEN_METRICS: &str = "--listen-metrics-urls";
+const FLAG_PEER_DIAL_MAP: &str = "--peer-dial-map";
 
 /// The flags of `corral serve`. Every flag can also be given as an environment variable
 /// `CORRAL_<FLAG_IN_UPPER_SNAKE_CASE>` (e.g. `CORRAL_INITIAL_CLUSTER`); a flag on the command
@@ -148,6 +149,16 @@ pub struct ServeArgs {
     /// Log output format.
     #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Dial member NAME at URL instead of its advertised peer URL, as NAME=URL,... The fault
+    /// tests route every peer link through a proxy they can cut, to make real partitions.
+    #[arg(
+        long,
+        env = "CORRAL_PEER_DIAL_MAP",
+        value_name = "NAME=URL,...",
+        hide = true
+    )]
+    pub peer_dial_map: Option<String>,
 }
 
 /// Parses `<number><unit>` with unit `ms`, `s`, `m` or `h` (a bare number is seconds).
@@ -242,6 +253,9 @@ pub struct Config {
     pub watch_buffer: usize,
     /// Log output format.
     pub log_format: LogFormat,
+    /// Member name → the URL to dial it at instead of its advertised peer URL (test hook;
+    /// empty in production).
+    pub peer_dial_map: BTreeMap<String, String>,
     /// This member's Raft node id, see [`member_id_for`].
     pub member_id: u64,
     /// The cluster id derived from the initial members, see [`cluster_id_for`]. With
@@ -339,6 +353,10 @@ pub enum ConfigError {
     },
     #[error("--initial-cluster: entry {entry:?} is not name=url")]
     BadClusterEntry { entry: String },
+    #[error("--peer-dial-map: entry {entry:?} is not name=url")]
+    BadDialMapEntry { entry: String },
+    #[error("--peer-dial-map: member {name:?} is listed twice")]
+    RepeatedDialMapName { name: String },
     #[error("--initial-cluster: peer URL {url} is given to both {first:?} and {second:?}")]
     DuplicatePeerUrl {
         url: String,
@@ -457,6 +475,10 @@ impl ServeArgs {
         }
         let member_id = me.id(token);
         let cluster_id = cluster_id_for(token, names_by_id.keys().copied());
+        let peer_dial_map = match &self.peer_dial_map {
+            Some(spec) if !spec.trim().is_empty() => parse_dial_map(spec)?,
+            _ => BTreeMap::new(),
+        };
 
         let config = Config {
             name: self.name.clone(),
@@ -475,6 +497,7 @@ impl ServeArgs {
             watch_progress_notify_interval: self.watch_progress_notify_interval,
             watch_buffer: self.watch_buffer.max(1),
             log_format: self.log_format,
+            peer_dial_map,
             member_id,
             cluster_id,
         };
@@ -791,6 +814,33 @@ fn parse_initial_cluster(spec: &str) -> Result<Vec<InitialMember>, ConfigError> 
     Ok(members)
 }
 
+/// Parses `name=url,...` for `--peer-dial-map`. Names are not checked against the initial
+/// cluster: a member added later may be listed too.
+fn parse_dial_map(spec: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut map = BTreeMap::new();
+    for entry in split_list(FLAG_PEER_DIAL_MAP, spec)? {
+        let bad_entry = || ConfigError::BadDialMapEntry {
+            entry: entry.to_string(),
+        };
+        let (name, url) = entry.split_once('=').ok_or_else(bad_entry)?;
+        let (name, url) = (name.trim(), url.trim());
+        if name.is_empty() || url.is_empty() {
+            return Err(bad_entry());
+        }
+        let url = canonical_advertise_url(url).map_err(|reason| ConfigError::Url {
+            flag: FLAG_PEER_DIAL_MAP,
+            url: url.to_string(),
+            reason,
+        })?;
+        if map.insert(name.to_string(), url).is_some() {
+            return Err(ConfigError::RepeatedDialMapName {
+                name: name.to_string(),
+            });
+        }
+    }
+    Ok(map)
+}
+
 fn validate_name(name: &str) -> Result<(), ConfigError> {
     if name.is_empty() {
         return Err(ConfigError::EmptyName);
@@ -935,7 +985,7 @@ mod tests {
             );
             count += 1;
         }
-        assert_eq!(count, 16);
+        assert_eq!(count, 17);
     }
 
     #[test]
@@ -1163,6 +1213,54 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn peer_dial_map() {
+        assert_eq!(validate(&[]).expect("valid").peer_dial_map, BTreeMap::new());
+        assert_eq!(
+            validate(&["--peer-dial-map="])
+                .expect("valid")
+                .peer_dial_map,
+            BTreeMap::new()
+        );
+        let config =
+            validate(&["--peer-dial-map=b=http://127.0.0.1:7001/, c = HTTP://LOCALHOST:7002"])
+                .expect("valid");
+        assert_eq!(
+            config.peer_dial_map,
+            BTreeMap::from([
+                ("b".to_string(), "http://127.0.0.1:7001".to_string()),
+                ("c".to_string(), "http://localhost:7002".to_string()),
+            ])
+        );
+        for entry in ["b", "=http://127.0.0.1:7001", "b="] {
+            assert_eq!(
+                err(&["--peer-dial-map", entry]),
+                ConfigError::BadDialMapEntry {
+                    entry: entry.into()
+                }
+            );
+        }
+        assert_eq!(
+            err(&["--peer-dial-map=b=http://127.0.0.1:1,b=http://127.0.0.1:2"]),
+            ConfigError::RepeatedDialMapName { name: "b".into() }
+        );
+        assert!(matches!(
+            err(&["--peer-dial-map=b=https://127.0.0.1:1"]),
+            ConfigError::Url {
+                flag: FLAG_PEER_DIAL_MAP,
+                reason: UrlError::Tls,
+                ..
+            }
+        ));
+        // A test hook: not in --help.
+        let cmd = Cli::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some("peer-dial-map"))
+            .expect("flag");
+        assert!(arg.is_hide_set());
     }
 
     #[test]

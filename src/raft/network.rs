@@ -5,7 +5,7 @@
 //! every outgoing peer call to a blocked member fails as unreachable, exactly as a network
 //! partition looks from here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -82,6 +82,9 @@ pub enum PeerError {
 pub struct PeerClients {
     channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
     faults: Faults,
+    /// Member name → URL to dial instead of its advertised peer URL (`--peer-dial-map`): the
+    /// fault tests put a proxy they can cut on every link.
+    dial_map: Arc<BTreeMap<String, String>>,
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Result<RaftMessage, PeerError> {
@@ -104,10 +107,11 @@ fn classify(peer: NodeId, status: tonic::Status) -> PeerError {
 }
 
 impl PeerClients {
-    pub fn new(faults: Faults) -> Self {
+    pub fn new(faults: Faults, dial_map: BTreeMap<String, String>) -> Self {
         PeerClients {
             channels: Arc::default(),
             faults,
+            dial_map: Arc::new(dial_map),
         }
     }
 
@@ -122,9 +126,10 @@ impl PeerClients {
                 "blocked by fault injection".into(),
             ));
         }
-        let url = member
-            .peer_urls
-            .first()
+        let url = self
+            .dial_map
+            .get(&member.name)
+            .or_else(|| member.peer_urls.first())
             .ok_or_else(|| PeerError::Unreachable(peer, "member has no peer URL".into()))?;
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((known, ch)) = channels.get(&peer) {
