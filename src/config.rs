@@ -146,6 +146,24 @@ pub struct ServeArgs {
     #[arg(long, env = "CORRAL_WATCH_BUFFER", default_value_t = 4096, hide = true)]
     pub watch_buffer: usize,
 
+    /// Shortest znode session timeout granted, milliseconds (ZooKeeper: 2 ticks of 2 s).
+    #[arg(
+        long,
+        env = "CORRAL_MIN_SESSION_TIMEOUT",
+        default_value_t = 4000,
+        value_name = "MS"
+    )]
+    pub min_session_timeout: u64,
+
+    /// Longest znode session timeout granted, milliseconds (ZooKeeper: 20 ticks of 2 s).
+    #[arg(
+        long,
+        env = "CORRAL_MAX_SESSION_TIMEOUT",
+        default_value_t = 40_000,
+        value_name = "MS"
+    )]
+    pub max_session_timeout: u64,
+
     /// Log output format.
     #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -251,6 +269,9 @@ pub struct Config {
     pub watch_progress_notify_interval: std::time::Duration,
     /// Capacity of the watch hub's ring of applied batches.
     pub watch_buffer: usize,
+    /// Bounds a requested session timeout is negotiated into, milliseconds.
+    pub min_session_timeout_ms: u64,
+    pub max_session_timeout_ms: u64,
     /// Log output format.
     pub log_format: LogFormat,
     /// Member name → the URL to dial it at instead of its advertised peer URL (test hook;
@@ -306,6 +327,10 @@ pub enum UrlError {
 /// themselves (nothing is chained as a `source`), so printing the error is enough.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    #[error(
+        "--min-session-timeout ({min} ms) must be > 0 and <= --max-session-timeout ({max} ms)"
+    )]
+    SessionBounds { min: u64, max: u64 },
     #[error("--name must not be empty")]
     EmptyName,
     #[error(
@@ -395,6 +420,12 @@ pub enum ConfigError {
 impl ServeArgs {
     /// Checks every flag and derives defaults, ids and socket addresses.
     pub fn validate(&self) -> Result<Config, ConfigError> {
+        if self.min_session_timeout == 0 || self.min_session_timeout > self.max_session_timeout {
+            return Err(ConfigError::SessionBounds {
+                min: self.min_session_timeout,
+                max: self.max_session_timeout,
+            });
+        }
         validate_name(&self.name)?;
         let token = &self.initial_cluster_token;
         if token.is_empty() {
@@ -496,6 +527,8 @@ impl ServeArgs {
             snapshot_count: self.snapshot_count,
             watch_progress_notify_interval: self.watch_progress_notify_interval,
             watch_buffer: self.watch_buffer.max(1),
+            min_session_timeout_ms: self.min_session_timeout,
+            max_session_timeout_ms: self.max_session_timeout,
             log_format: self.log_format,
             peer_dial_map,
             member_id,
@@ -519,6 +552,9 @@ impl Config {
             election_timeout_max: self.election_timeout_ms.saturating_mul(2),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_count),
             max_in_snapshot_log_to_keep: MAX_IN_SNAPSHOT_LOG_TO_KEEP,
+            // openraft bounds each AppendEntries by the heartbeat interval; fewer entries per
+            // message (each may batch up to a thousand commands) keep one within it.
+            max_payload_entries: 32,
             ..openraft::Config::default()
         };
         config
@@ -985,7 +1021,7 @@ mod tests {
             );
             count += 1;
         }
-        assert_eq!(count, 17);
+        assert_eq!(count, 19);
     }
 
     #[test]

@@ -407,7 +407,10 @@ async fn client_router(
         )
         .add_service(SessionsServer::new(SessionService::new(
             ctx.clone(),
-            SessionBounds::default(),
+            SessionBounds {
+                min_ms: i64::try_from(cfg.min_session_timeout_ms).unwrap_or(i64::MAX),
+                max_ms: i64::try_from(cfg.max_session_timeout_ms).unwrap_or(i64::MAX),
+            },
             cfg.election_timeout_ms,
         )))
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
