@@ -8,8 +8,9 @@
 //! - [`config`]: `corral serve` flags (etcd-shaped, also from `CORRAL_*` env), validation,
 //!   member and cluster ids, the openraft config.
 //! - [`node`]: the one place that wires storage, Raft, services and listeners together.
-//! - [`api`]: one tonic service per file (KV, Cluster, Maintenance) plus the single
-//!   error → `Status` mapping. Validation and routing only; no business logic.
+//! - [`api`]: one tonic service per file — etcd's KV, Watch, Lease, Cluster, Maintenance,
+//!   Lock, Election; corral's Znodes, Sessions, Barrier — plus the single error → `Status`
+//!   mapping and `recipe` (the waiting primitives lock/election/barrier share).
 //! - [`command`]: what gets replicated (Put, DeleteRange, Txn, Compact, member publish) and
 //!   what applying it returns.
 //! - [`raft`]: openraft types, the state machine, the peer network (client) and peer service

@@ -12,9 +12,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::api::barrier::BarrierService;
 use crate::api::cluster::ClusterService;
+use crate::api::election::ElectionService;
 use crate::api::kv::KvService;
 use crate::api::lease::LeaseService;
+use crate::api::lock::LockService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::session::{SessionBounds, SessionService};
 use crate::api::watch::WatchService;
@@ -24,6 +27,7 @@ use crate::command::Command;
 use crate::config::{member_id_for, ClusterState, Config};
 use crate::lease::clock::LeaseClock;
 use crate::pb::corral::peer::v1::peer_server::PeerServer;
+use crate::pb::corral::v1::barrier_server::BarrierServer;
 use crate::pb::corral::v1::sessions_server::SessionsServer;
 use crate::pb::corral::v1::znodes_server::ZnodesServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
@@ -31,6 +35,8 @@ use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
+use crate::pb::v3electionpb::election_server::ElectionServer;
+use crate::pb::v3lockpb::lock_server::LockServer;
 use crate::raft::handle::RaftHandle;
 use crate::raft::network::{Faults, Network, PeerClients};
 use crate::raft::service::PeerService;
@@ -360,6 +366,9 @@ async fn client_router(
         "etcdserverpb.Lease",
         "corral.v1.Znodes",
         "corral.v1.Sessions",
+        "corral.v1.Barrier",
+        "v3lockpb.Lock",
+        "v3electionpb.Election",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
@@ -412,6 +421,15 @@ async fn client_router(
                 max_ms: i64::try_from(cfg.max_session_timeout_ms).unwrap_or(i64::MAX),
             },
             cfg.election_timeout_ms,
+        )))
+        .add_service(LockServer::new(LockService::new(ctx.clone(), hub.clone())))
+        .add_service(ElectionServer::new(ElectionService::new(
+            ctx.clone(),
+            hub.clone(),
+        )))
+        .add_service(BarrierServer::new(BarrierService::new(
+            ctx.clone(),
+            hub.clone(),
         )))
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
         .add_service(MaintenanceServer::new(MaintenanceService::new(ctx.clone())))

@@ -1,11 +1,15 @@
 //! The client-facing gRPC services, one per file. They validate, convert and route requests;
 //! the semantics live in `mvcc` and the replication in `raft`.
 
+pub mod barrier;
 pub mod cluster;
+pub mod election;
 pub mod error;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
+pub mod recipe;
 pub mod session;
 pub mod watch;
 pub mod znode;

@@ -74,7 +74,11 @@ fn check_path(path: &str) -> Result<(), Status> {
 }
 
 /// A record at `rev` (the root exists even before it is first stored).
-fn read_record<B: mvcc::Backend>(b: &B, path: &str, rev: i64) -> Result<Option<Record>, MvccError> {
+pub fn read_record<B: mvcc::Backend>(
+    b: &B,
+    path: &str,
+    rev: i64,
+) -> Result<Option<Record>, MvccError> {
     match mvcc::get(b, &znode::key(path), rev)? {
         Some(kv) => Record::decode(&kv.value)
             .map(Some)
@@ -85,7 +89,7 @@ fn read_record<B: mvcc::Backend>(b: &B, path: &str, rev: i64) -> Result<Option<R
 }
 
 /// Children of `path` at `rev`: (name, record), sorted by name.
-fn read_children<B: mvcc::Backend>(
+pub fn read_children<B: mvcc::Backend>(
     b: &B,
     path: &str,
     rev: i64,
@@ -116,31 +120,45 @@ fn read_children<B: mvcc::Backend>(
     Ok(out)
 }
 
-impl ZnodeService {
-    async fn write(&self, ops: Vec<Op>) -> Result<MultiResponse, Status> {
-        let cmd = Command::Znode {
-            ops,
-            now_ms: now_ms(),
-        };
-        match self.ctx.handle.propose(cmd).await.map_err(propose_status)? {
-            CommandResult::Znode(resp) => Ok(resp),
-            CommandResult::Error(e) => Err(mvcc_status(e)),
-            other => {
-                tracing::error!(?other, "znode command returned another kind of result");
-                Err(Status::internal("corral: unexpected apply result"))
-            }
+/// Proposes a batch of znode operations.
+pub async fn write(ctx: &Ctx, ops: Vec<Op>) -> Result<MultiResponse, Status> {
+    let cmd = Command::Znode {
+        ops,
+        now_ms: now_ms(),
+    };
+    match ctx.handle.propose(cmd).await.map_err(propose_status)? {
+        CommandResult::Znode(resp) => Ok(resp),
+        CommandResult::Error(e) => Err(mvcc_status(e)),
+        other => {
+            tracing::error!(?other, "znode command returned another kind of result");
+            Err(Status::internal("corral: unexpected apply result"))
         }
     }
+}
 
-    /// Runs one operation; a refusal becomes its ZooKeeper status.
+/// Runs one znode operation; a refusal becomes its ZooKeeper status.
+pub async fn run_op(ctx: &Ctx, op: OpKind) -> Result<OpOutcome, Status> {
+    precheck(&op).map_err(|e| zk_error_status(&e))?;
+    let resp = write(ctx, vec![Op { op: Some(op) }]).await?;
+    match resp.results.into_iter().next().and_then(|r| r.result) {
+        Some(OpOutcome::Error(e)) => Err(zk_status(&e.code, &e.message)),
+        Some(outcome) => Ok(outcome),
+        None => Err(Status::internal("corral: empty znode result")),
+    }
+}
+
+/// The ZooKeeper name of a status made by [`zk_status`].
+pub fn zk_name(s: &Status) -> Option<String> {
+    s.get_details_error_info().map(|i| i.reason)
+}
+
+impl ZnodeService {
+    async fn write(&self, ops: Vec<Op>) -> Result<MultiResponse, Status> {
+        write(&self.ctx, ops).await
+    }
+
     async fn single(&self, op: OpKind) -> Result<OpOutcome, Status> {
-        precheck(&op).map_err(|e| zk_error_status(&e))?;
-        let resp = self.write(vec![Op { op: Some(op) }]).await?;
-        match resp.results.into_iter().next().and_then(|r| r.result) {
-            Some(OpOutcome::Error(e)) => Err(zk_status(&e.code, &e.message)),
-            Some(outcome) => Ok(outcome),
-            None => Err(Status::internal("corral: empty znode result")),
-        }
+        run_op(&self.ctx, op).await
     }
 
     async fn barrier(&self) -> Result<(), Status> {
