@@ -1029,3 +1029,186 @@ fn etcdctl_watch_prefix_sees_puts_and_deletes_from_another_client() {
         .collect();
     assert_eq!(seen, want);
 }
+
+/// A long-running etcdctl whose stdout lines arrive on a channel.
+struct Background {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Background {
+    fn start(node: &Node, args: &[&str]) -> Background {
+        let mut child = node
+            .etcdctl_command("60s")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn etcdctl");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Background { child, lines }
+    }
+
+    /// Waits for a line satisfying `want`.
+    fn expect_line(&self, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if want(&l) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("etcdctl did not print the expected line in time"),
+            }
+        }
+    }
+
+    /// SIGINT, as a user's Ctrl-C: etcdctl closes its session (revoking its lease) and exits.
+    fn interrupt(mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("etcdctl did not exit on SIGINT");
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn etcdctl_lock_and_the_lock_service_exclude_each_other() {
+    use corral::pb::v3lockpb::lock_client::LockClient;
+    use corral::pb::v3lockpb::{LockRequest, UnlockRequest};
+    let node = Node::start();
+    let rt = runtime();
+    let url = node.client_url();
+    let (mut lock, lease) = rt.block_on(async {
+        let mut c = etcd_client::Client::connect([url.clone()], None)
+            .await
+            .unwrap();
+        let lease = c.lease_grant(60, None).await.unwrap().id();
+        (LockClient::connect(url).await.unwrap(), lease)
+    });
+
+    // etcdctl holds the lock: the service's Lock waits (here, until its deadline).
+    let holder = Background::start(&node, &["lock", "shared"]);
+    let key = holder.expect_line(|l| l.starts_with("shared/"));
+    let blocked = rt.block_on(async {
+        let mut req = tonic::Request::new(LockRequest {
+            name: b"shared".to_vec(),
+            lease,
+        });
+        req.set_timeout(Duration::from_millis(1500));
+        lock.lock(req).await
+    });
+    assert!(
+        blocked.is_err(),
+        "the service must not grant a lock etcdctl holds ({key})"
+    );
+    holder.interrupt();
+    let held = rt
+        .block_on(lock.lock(LockRequest {
+            name: b"shared".to_vec(),
+            lease,
+        }))
+        .expect("granted once etcdctl let go")
+        .into_inner();
+
+    // The service holds it: `etcdctl lock shared <cmd>` runs its command only after Unlock.
+    let waiter = Background::start(&node, &["lock", "shared", "echo", "etcdctl-got-it"]);
+    assert!(
+        waiter
+            .lines
+            .recv_timeout(Duration::from_millis(1500))
+            .is_err(),
+        "etcdctl must wait while the service holds the lock"
+    );
+    rt.block_on(lock.unlock(UnlockRequest { key: held.key }))
+        .unwrap();
+    waiter.expect_line(|l| l == "etcdctl-got-it");
+}
+
+#[test]
+fn etcdctl_elect_and_the_election_service_share_elections() {
+    use corral::pb::v3electionpb::election_client::ElectionClient;
+    use corral::pb::v3electionpb::{CampaignRequest, LeaderRequest};
+    let node = Node::start();
+    let rt = runtime();
+    let url = node.client_url();
+    let (mut election, lease) = rt.block_on(async {
+        let mut c = etcd_client::Client::connect([url.clone()], None)
+            .await
+            .unwrap();
+        let lease = c.lease_grant(60, None).await.unwrap().id();
+        (ElectionClient::connect(url).await.unwrap(), lease)
+    });
+
+    let alice = Background::start(&node, &["elect", "office", "alice"]);
+    alice.expect_line(|l| l == "alice");
+    let leader = rt
+        .block_on(election.leader(LeaderRequest {
+            name: b"office".to_vec(),
+        }))
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        leader.kv.unwrap().value,
+        b"alice",
+        "the service sees etcdctl's leader"
+    );
+    let blocked = rt.block_on(async {
+        let mut req = tonic::Request::new(CampaignRequest {
+            name: b"office".to_vec(),
+            lease,
+            value: b"bob".to_vec(),
+        });
+        req.set_timeout(Duration::from_millis(1500));
+        election.campaign(req).await
+    });
+    assert!(blocked.is_err(), "bob must wait while alice leads");
+    // An observer through etcdctl sees the change when alice steps down and bob campaigns.
+    let observer = Background::start(&node, &["elect", "--listen", "office"]);
+    observer.expect_line(|l| l == "alice");
+    alice.interrupt();
+    let bob = rt
+        .block_on(election.campaign(CampaignRequest {
+            name: b"office".to_vec(),
+            lease,
+            value: b"bob".to_vec(),
+        }))
+        .expect("bob leads once alice resigned")
+        .into_inner();
+    assert!(bob.leader.unwrap().rev > 0);
+    observer.expect_line(|l| l == "bob");
+}
