@@ -203,8 +203,7 @@ fn tools_python() -> PathBuf {
     base.join("bin").join("python")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_generated_python_client_drives_the_znode_api() {
+async fn run_python(script: &str) {
     let python = tools_python();
     assert!(
         python.exists(),
@@ -216,7 +215,7 @@ async fn a_generated_python_client_drives_the_znode_api() {
     let out = tempfile::tempdir().unwrap();
     let root = env!("CARGO_MANIFEST_DIR");
     let result = tokio::process::Command::new(&python)
-        .arg(format!("{root}/tests/python/znode_client.py"))
+        .arg(format!("{root}/tests/python/{script}"))
         .arg(&endpoint)
         .arg(format!("{root}/proto"))
         .arg(out.path())
@@ -230,7 +229,17 @@ async fn a_generated_python_client_drives_the_znode_api() {
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(
         result.status.success(),
-        "python client failed:\n{stdout}\n{stderr}"
+        "{script} failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.lines().last() == Some("ok"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_generated_python_client_runs_an_election_and_a_double_barrier() {
+    run_python("recipes_client.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_generated_python_client_drives_the_znode_api() {
+    run_python("znode_client.py").await;
 }
