@@ -523,3 +523,143 @@ async fn barrier_and_double_barrier_with_ten_participants_one_crashing() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queue_and_counter_recipes_on_znodes() {
+    use corral::pb::corral::v1::znodes_client::ZnodesClient;
+    use corral::pb::corral::v1::{
+        CreateMode, CreateRequest, DeleteRequest, GetChildrenRequest, GetDataRequest,
+        SetDataRequest,
+    };
+    use tonic_types::StatusExt;
+    let cluster = Arc::new(Cluster::start(3).await);
+    let mut z = ZnodesClient::connect(cluster.endpoint(0)).await.unwrap();
+    z.create(CreateRequest {
+        path: "/queue".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    z.create(CreateRequest {
+        path: "/counter".into(),
+        data: "0".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    tracing::info!(
+        "phase: a FIFO queue: producers add sequential znodes, consumers take the lowest"
+    );
+    for p in 0..3 {
+        let mut z = ZnodesClient::connect(cluster.endpoint(p)).await.unwrap();
+        for i in 0..10 {
+            z.create(CreateRequest {
+                path: "/queue/item-".into(),
+                data: format!("{p}-{i}").into(),
+                mode: CreateMode::PersistentSequential as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+    }
+    let mut consumers = Vec::new();
+    for c in 0..3 {
+        let cluster = cluster.clone();
+        consumers.push(tokio::spawn(async move {
+            let mut z = ZnodesClient::connect(cluster.endpoint(c)).await.unwrap();
+            let mut taken = Vec::new();
+            loop {
+                let kids = z
+                    .get_children(GetChildrenRequest {
+                        path: "/queue".into(),
+                        with_stats: false,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .children;
+                let Some(head) = kids.first() else {
+                    return taken;
+                };
+                let path = format!("/queue/{head}");
+                let Ok(item) = z.get_data(GetDataRequest { path: path.clone() }).await else {
+                    continue;
+                };
+                // Whoever deletes it owns it; the others see NoNode and try the next head.
+                if z.delete(DeleteRequest {
+                    path,
+                    version: -1,
+                    recursive: false,
+                })
+                .await
+                .is_ok()
+                {
+                    taken.push((
+                        head.clone(),
+                        String::from_utf8(item.into_inner().data).unwrap(),
+                    ));
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for c in consumers {
+        all.extend(c.await.unwrap());
+    }
+    all.sort();
+    assert_eq!(all.len(), 30, "every item consumed exactly once");
+    all.dedup();
+    assert_eq!(all.len(), 30);
+
+    tracing::info!(
+        "phase: a counter: read, then write with the version read (retry on BadVersion)"
+    );
+    let mut tasks = Vec::new();
+    for t in 0..10 {
+        let cluster = cluster.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut z = ZnodesClient::connect(cluster.endpoint(t % 3))
+                .await
+                .unwrap();
+            for _ in 0..5 {
+                loop {
+                    let cur = z
+                        .get_data(GetDataRequest {
+                            path: "/counter".into(),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    let n: i64 = String::from_utf8(cur.data).unwrap().parse().unwrap();
+                    let version = cur.stat.unwrap().version;
+                    let set = SetDataRequest {
+                        path: "/counter".into(),
+                        data: (n + 1).to_string().into(),
+                        version,
+                    };
+                    match z.set_data(set).await {
+                        Ok(_) => break,
+                        Err(s) => assert_eq!(
+                            s.get_details_error_info().map(|i| i.reason).as_deref(),
+                            Some("BadVersion")
+                        ),
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let end = z
+        .get_data(GetDataRequest {
+            path: "/counter".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(end.data, b"50");
+    assert_eq!(end.stat.unwrap().version, 50);
+}
