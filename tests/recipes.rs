@@ -324,7 +324,28 @@ async fn election_one_leader_observe_in_order_and_failover() {
             .await
             .map(|r| r.into_inner().leader.unwrap())
         }));
+        // A known order: each candidate joins the line (its key exists) before the next.
+        let key = format!("svc/{lease:x}");
+        let kv = cluster.client(order[0]).await;
+        eventually(
+            "the candidate joined the line",
+            Duration::from_secs(10),
+            || {
+                let mut kv = kv.clone();
+                let key = key.clone();
+                async move { (kv.get(key, None).await.ok()?.count() == 1).then_some(()) }
+            },
+        )
+        .await;
     }
+    // Every wait below is bounded: a broken handover fails the test instead of hanging it.
+    let bounded = |t: tokio::task::JoinHandle<Result<LeaderKey, tonic::Status>>| async move {
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("campaign finished in time")
+            .unwrap()
+            .unwrap()
+    };
     let mut e1 = ElectionClient::connect(cluster.endpoint(order[1]))
         .await
         .unwrap();
@@ -353,7 +374,7 @@ async fn election_one_leader_observe_in_order_and_failover() {
     })
     .await
     .unwrap();
-    let second = pending.remove(0).await.unwrap().unwrap();
+    let second = bounded(pending.remove(0)).await;
     assert!(second.rev > first.rev, "leadership tokens grow");
     let e = e0
         .resign(ResignRequest {
@@ -378,7 +399,7 @@ async fn election_one_leader_observe_in_order_and_failover() {
     let started = Instant::now();
     drop(alive.remove(1)); // the leader's keep-alives stop with its member
     cluster.stop(order[1]).await;
-    let third = pending.remove(0).await.unwrap().unwrap();
+    let third = bounded(pending.remove(0)).await;
     assert!(
         started.elapsed() < Duration::from_secs(2 + 6),
         "within the TTL plus failover: {:?}",
@@ -476,9 +497,12 @@ async fn barrier_and_double_barrier_with_ten_participants_one_crashing() {
     assert_eq!(e.code(), Code::InvalidArgument);
 
     tracing::info!("phase: double barrier, 10 participants, one crashes between enter and leave");
+    // Counted before each Enter call: when any Enter returns, all ten must have called it.
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..10 {
         let cluster = cluster.clone();
+        let started = started.clone();
         tasks.push(tokio::spawn(async move {
             let m = i % 3;
             let mut s = SessionsClient::connect(cluster.endpoint(m)).await.unwrap();
@@ -494,8 +518,13 @@ async fn barrier_and_double_barrier_with_ten_participants_one_crashing() {
                 count: 10,
                 session_id: session.session_id,
             };
-            let entered = b.enter(req.clone()).await.unwrap().into_inner();
-            assert!(entered.participants >= 10);
+            started.fetch_add(1, Ordering::SeqCst);
+            b.enter(req.clone()).await.unwrap();
+            assert_eq!(
+                started.load(Ordering::SeqCst),
+                10,
+                "nobody passes before all entered"
+            );
             if i == 7 {
                 // Crash: no leave, no keep-alives; the session expires and removes it.
                 return;
