@@ -26,13 +26,20 @@
 //! - [`znode`]: the ZooKeeper-style namespace on the flat key space — path rules, key layout
 //!   (depth-prefixed, so children are one prefix scan), records with ZooKeeper's stat, and
 //!   the staged all-or-nothing operations that become one MVCC txn per call.
+//! - [`mod@bench`]: `corral bench`, a load generator over etcd's v3 API (so it drives etcd too)
+//!   and the znode API, reporting throughput and latency percentiles.
 //! - [`ops`]: the metrics/health HTTP endpoint.
 //! - [`pb`]: generated protobuf code (etcd's packages and corral's peer protocol).
+//! - [`cli`]: the `corral` client commands — zkCli's verbs (`ls`, `create`, `get`, ...),
+//!   etcdctl's (`kv`, `lease`, `lock`, `elect`, `member`, `endpoint`, `snapshot`) and
+//!   `corral shell` (interactive, one session) — over the generated gRPC clients in [`pb`].
 //! - [`checker`]: linearizability (per-key Wing–Gong search), revision and watch-stream checks
 //!   over recorded client histories; used by the fault tests, pure and deterministic.
 
 pub mod api;
+pub mod bench;
 pub mod checker;
+pub mod cli;
 pub mod command;
 pub mod config;
 pub mod lease;

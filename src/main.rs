@@ -1,4 +1,5 @@
-//! The `corral` binary: `corral serve` runs a member; other subcommands are clients (later).
+//! The `corral` binary: `corral serve` runs a member; every other subcommand is a client
+//! (`corral::cli`).
 
 use clap::{Parser, Subcommand};
 use corral::config::{LogFormat, ServeArgs};
@@ -11,6 +12,9 @@ use tracing_subscriber::EnvFilter;
     about = "A coordination service: etcd's v3 API, Raft-replicated"
 )]
 struct Cli {
+    /// Client options given before the subcommand (`corral --endpoints ... ls /`).
+    #[command(flatten)]
+    client: corral::cli::conn::ZkGlobals,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -20,6 +24,11 @@ enum Cmd {
     /// Run a member. With no flags: a single-node cluster on 127.0.0.1:2379 with data in
     /// ./corral.data.
     Serve(ServeArgs),
+    /// Load generator over etcd's v3 API (drives etcd too) and the znode API: throughput and
+    /// latency percentiles.
+    Bench(corral::bench::BenchArgs),
+    #[command(flatten)]
+    Client(corral::cli::Command),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -57,8 +66,28 @@ async fn shutdown_signal() {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `serve` keeps clap's own usage errors; the client's are one line and exit code 1.
+        Err(e) if std::env::args().nth(1).as_deref() == Some("serve") => e.exit(),
+        Err(e) => return corral::cli::usage_error(&e),
+    };
     match cli.command {
+        Cmd::Client(command) => corral::cli::run(&cli.client, command),
+        Cmd::Bench(args) => {
+            let json = args.json;
+            let result = tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(corral::bench::run(args)))
+                .and_then(|report| corral::bench::print(&report, json));
+            match result {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Serve(args) => {
             let cfg = match args.validate() {
                 Ok(cfg) => cfg,

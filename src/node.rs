@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::api::barrier::BarrierService;
 use crate::api::cluster::ClusterService;
@@ -445,7 +446,15 @@ async fn serve_grpc(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
-    let incoming = TcpListenerStream::new(listener);
+    // tonic's `tcp_nodelay` only applies to listeners it binds itself; ours are bound by the
+    // caller, so each accepted socket gets it here. Without it Nagle holds back the small
+    // frames of a response until the client's delayed ACK (~40 ms per request).
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
     let signal = async move {
         let _ = stop.wait_for(|s| *s).await;
     };

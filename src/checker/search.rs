@@ -16,8 +16,18 @@
 //! same as "after everything else", so the search succeeds as soon as every operation with a
 //! known outcome is placed; unknown ones still pending then are taken to have happened at the
 //! end, or not at all (the model must accept an unknown operation in any state).
+//!
+//! Unknown operations stay candidates for the rest of the history, which is what makes them
+//! expensive; three rules keep them cheap without losing any linearization:
+//!
+//! - *dominance*: a configuration that used a superset of the unknown operations another one
+//!   used (same known operations, same state) can do nothing the other can't, and is pruned;
+//! - *known first*: candidates with a known outcome are tried before unknown ones, so that the
+//!   dominating configurations (fewer unknown operations) tend to come first;
+//! - *no wasted runs*: a blind write (see [`Model::blind_write`]) is not tried right after
+//!   another unknown operation, whose effect it would erase.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::hash::Hash;
 
 /// A sequential specification: the state an object is in and how each operation changes it.
@@ -41,6 +51,12 @@ pub trait Model {
         call: &Self::Call,
         reply: Option<&Self::Reply>,
     ) -> Option<Self::State>;
+
+    /// Whether `call`, taking effect with an unknown outcome, leaves the same state whatever
+    /// the state before (a blind write). Only a hint for pruning; `false` is always safe.
+    fn blind_write(&self, _call: &Self::Call) -> bool {
+        false
+    }
 }
 
 /// One operation of a history, as the search sees it.
@@ -159,7 +175,7 @@ impl Entries {
     }
 }
 
-/// A fixed-size set of operation indexes: the "already linearized" part of a configuration.
+/// A fixed-size set of operation indexes.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct BitSet(Box<[u64]>);
 
@@ -175,6 +191,45 @@ impl BitSet {
     fn remove(&mut self, i: usize) {
         self.0[i / 64] &= !(1 << (i % 64));
     }
+
+    fn is_subset(&self, other: &BitSet) -> bool {
+        self.0.iter().zip(other.0.iter()).all(|(a, b)| a & !b == 0)
+    }
+}
+
+/// The configurations explored so far. A configuration is (operations with a known outcome
+/// linearized, operations with an unknown outcome linearized, model state). An unknown
+/// operation is an option, never an obligation, and has no return entry to constrain the
+/// order — so a configuration is *dominated* by one with the same known set and state that
+/// used a subset of its unknown operations: whatever the first can still do, the second can
+/// too. Only undominated configurations are explored. (With every outcome known this is
+/// plain memoisation.)
+struct Explored<S> {
+    by_known: HashMap<(BitSet, S), Vec<BitSet>>,
+}
+
+impl<S: Clone + Eq + Hash> Explored<S> {
+    /// Records the configuration; false if it is dominated by one already recorded.
+    fn insert(&mut self, known: &BitSet, unknown: &BitSet, state: &S) -> bool {
+        let used = self
+            .by_known
+            .entry((known.clone(), state.clone()))
+            .or_default();
+        if used.iter().any(|u| u.is_subset(unknown)) {
+            return false;
+        }
+        // Those it dominates can go: it prunes everything they would.
+        used.retain(|u| !unknown.is_subset(u));
+        used.push(unknown.clone());
+        true
+    }
+}
+
+/// Which candidates a scan of the entries is trying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Known,
+    Unknown,
 }
 
 /// Searches for a linearization of `ops` against `model`, giving up after `budget` steps.
@@ -184,19 +239,25 @@ pub fn check<M: Model>(
     budget: u64,
 ) -> Verdict {
     let mut entries = Entries::new(ops);
-    let mut linearized = BitSet::new(ops.len());
+    let mut known = BitSet::new(ops.len());
+    let mut unknown = BitSet::new(ops.len());
     let mut state = model.init();
-    // Configurations already explored (or being explored): every way to continue from them
-    // is, or will be, known.
-    let mut seen: HashSet<(BitSet, M::State)> = HashSet::new();
-    // The operations linearized so far, as (call node, state before it).
-    let mut stack: Vec<(usize, M::State)> = Vec::new();
+    let mut explored = Explored {
+        by_known: HashMap::new(),
+    };
+    // The operations linearized so far, as (call node, state before it, pass it was found in).
+    let mut stack: Vec<(usize, M::State, Pass)> = Vec::new();
     let mut known_left = ops.iter().filter(|o| o.reply.is_some()).count();
     let mut longest: Vec<usize> = Vec::new();
     let mut blocked = None;
     // Whether `stack` is `longest` (set when `longest` grows, cleared on backtracking).
     let mut at_longest = false;
     let mut steps = 0u64;
+    // The candidates for the next operation are the calls before the first return entry. They
+    // are tried in two passes, those with a known outcome first: unknown operations are
+    // optional, so trying to do without them first reaches the configurations that dominate
+    // (see `Explored`) before the ones they dominate.
+    let mut pass = Pass::Known;
     let mut node = entries.next[0];
     while known_left > 0 {
         steps += 1;
@@ -206,46 +267,170 @@ pub fn check<M: Model>(
         if node != NIL && entries.is_call[node] {
             let i = entries.op[node];
             let op = &ops[i];
-            if let Some(next_state) = model.step(&state, op.call, op.reply) {
-                let mut next_set = linearized.clone();
-                next_set.insert(i);
-                if seen.insert((next_set.clone(), next_state.clone())) {
-                    stack.push((node, std::mem::replace(&mut state, next_state)));
-                    linearized = next_set;
-                    entries.lift(node);
-                    if op.reply.is_some() {
-                        known_left -= 1;
+            let in_pass = (op.reply.is_some()) == (pass == Pass::Known);
+            // A blind write right after another unknown operation makes that one pointless:
+            // the same state is reached by the blind write alone, from before the run of
+            // unknown operations, with fewer of them used (a dominating configuration, which
+            // is explored from there since unknown operations stay candidates).
+            let pointless = op.reply.is_none()
+                && model.blind_write(op.call)
+                && stack
+                    .last()
+                    .is_some_and(|&(n, _, _)| ops[entries.op[n]].reply.is_none());
+            if in_pass && !pointless {
+                if let Some(next_state) = model.step(&state, op.call, op.reply) {
+                    let set = if op.reply.is_some() {
+                        &mut known
+                    } else {
+                        &mut unknown
+                    };
+                    set.insert(i);
+                    if explored.insert(&known, &unknown, &next_state) {
+                        stack.push((node, std::mem::replace(&mut state, next_state), pass));
+                        entries.lift(node);
+                        if op.reply.is_some() {
+                            known_left -= 1;
+                        }
+                        if stack.len() > longest.len() {
+                            longest = stack.iter().map(|&(n, _, _)| entries.op[n]).collect();
+                            blocked = None;
+                            at_longest = true;
+                        }
+                        pass = Pass::Known;
+                        node = entries.next[0];
+                        continue;
                     }
-                    if stack.len() > longest.len() {
-                        longest = stack.iter().map(|&(n, _)| entries.op[n]).collect();
-                        blocked = None;
-                        at_longest = true;
-                    }
-                    node = entries.next[0];
-                    continue;
+                    let set = if op.reply.is_some() {
+                        &mut known
+                    } else {
+                        &mut unknown
+                    };
+                    set.remove(i);
                 }
             }
             node = entries.next[node];
+        } else if pass == Pass::Known {
+            // Every known candidate tried: now the unknown ones.
+            pass = Pass::Unknown;
+            node = entries.next[0];
         } else {
             // A return entry: its operation had to take effect by now and has not.
             if at_longest && blocked.is_none() && node != NIL {
                 blocked = Some(entries.op[node]);
             }
-            let Some((call, before)) = stack.pop() else {
+            let Some((call, before, found_in)) = stack.pop() else {
                 return Verdict::NotLinearizable { longest, blocked };
             };
             at_longest = false;
             let i = entries.op[call];
-            linearized.remove(i);
             state = before;
             entries.unlift(call);
             if ops[i].reply.is_some() {
+                known.remove(i);
                 known_left += 1;
+            } else {
+                unknown.remove(i);
             }
+            pass = found_in;
             node = entries.next[call];
         }
     }
     Verdict::Linearizable {
-        order: stack.iter().map(|&(n, _)| entries.op[n]).collect(),
+        order: stack.iter().map(|&(n, _, _)| entries.op[n]).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A counter: each call adds its number and replies with the new total.
+    struct Counter;
+
+    impl Model for Counter {
+        type State = i64;
+        type Call = i64;
+        type Reply = i64;
+
+        fn init(&self) -> i64 {
+            0
+        }
+
+        fn step(&self, state: &i64, add: &i64, reply: Option<&i64>) -> Option<i64> {
+            let next = state + add;
+            match reply {
+                Some(r) if *r != next => None,
+                _ => Some(next),
+            }
+        }
+    }
+
+    fn op<'a>(add: &'a i64, reply: Option<&'a i64>, span: (u64, u64)) -> Operation<'a, i64, i64> {
+        Operation {
+            call: add,
+            reply,
+            invoke: span.0,
+            complete: span.1,
+        }
+    }
+
+    #[test]
+    fn lifting_and_unlifting_restores_the_entry_list() {
+        let (one, two) = (1, 2);
+        let ops = [
+            op(&one, Some(&1), (0, 10)),
+            op(&two, None, (5, 0)),
+            op(&one, Some(&4), (6, 20)),
+        ];
+        let mut entries = Entries::new(&ops);
+        let walk = |e: &Entries| {
+            let mut order = Vec::new();
+            let mut n = e.next[0];
+            while n != NIL {
+                order.push((e.op[n], e.is_call[n]));
+                n = e.next[n];
+            }
+            order
+        };
+        let before = walk(&entries);
+        assert_eq!(
+            before,
+            vec![(0, true), (1, true), (2, true), (0, false), (2, false)]
+        );
+        let call_of =
+            |e: &Entries, i: usize| (1..e.op.len()).find(|&n| e.op[n] == i && e.is_call[n]);
+        let (c0, c1) = (call_of(&entries, 0).unwrap(), call_of(&entries, 1).unwrap());
+        entries.lift(c0);
+        entries.lift(c1);
+        assert_eq!(walk(&entries), vec![(2, true), (2, false)]);
+        entries.unlift(c1);
+        entries.unlift(c0);
+        assert_eq!(walk(&entries), before);
+    }
+
+    #[test]
+    fn a_generic_model_with_an_unknown_operation() {
+        let (one, two) = (1, 2);
+        // +1 → 1, then +2 (timed out), then +1 → 4: the timed-out +2 must have happened.
+        let ops = [
+            op(&one, Some(&1), (0, 10)),
+            op(&two, None, (5, 6)),
+            op(&one, Some(&4), (20, 30)),
+        ];
+        assert_eq!(
+            check(&Counter, &ops, 1000),
+            Verdict::Linearizable {
+                order: vec![0, 1, 2]
+            }
+        );
+        // +1 → 1 then +1 → 3: nothing explains the extra 1.
+        let ops = [op(&one, Some(&1), (0, 10)), op(&one, Some(&3), (20, 30))];
+        assert_eq!(
+            check(&Counter, &ops, 1000),
+            Verdict::NotLinearizable {
+                longest: vec![0],
+                blocked: Some(1)
+            }
+        );
     }
 }

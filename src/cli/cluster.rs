@@ -1,0 +1,486 @@
+//! `corral member`, `corral endpoint` and `corral snapshot`: etcdctl's cluster commands over
+//! `etcdserverpb.Cluster` and `Maintenance`.
+
+use std::io::Write as _;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::conn::{self, Conn, EtcdGlobals, Settings};
+use super::output::{self, emit, emit_json, hex_id, Format};
+use super::{bounded, CliError, Result};
+use crate::pb::etcdserverpb::cluster_client::ClusterClient;
+use crate::pb::etcdserverpb::kv_client::KvClient;
+use crate::pb::etcdserverpb::maintenance_client::MaintenanceClient;
+use crate::pb::etcdserverpb::{
+    Member, MemberAddRequest, MemberListRequest, MemberRemoveRequest, RangeRequest,
+    SnapshotRequest, StatusRequest, StatusResponse,
+};
+
+#[derive(Subcommand, Debug)]
+pub enum MemberCommand {
+    /// List the members
+    List(PlainArgs),
+    /// Add a member
+    Add(MemberAddArgs),
+    /// Remove a member by its (hex) id
+    Remove(MemberRemoveArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EndpointCommand {
+    /// Status of each endpoint: member id, leader, Raft term and index, database size
+    Status(EndpointArgs),
+    /// Whether each endpoint commits a linearizable read, and how fast
+    Health(EndpointArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Save a snapshot of the store from one endpoint to a file
+    Save(SnapshotSaveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PlainArgs {
+    #[command(flatten)]
+    pub g: EtcdGlobals,
+}
+
+#[derive(Args, Debug)]
+pub struct MemberAddArgs {
+    /// Name of the new member
+    pub name: String,
+    /// Its peer URLs, comma-separated
+    #[arg(long, value_delimiter = ',', required = true, value_name = "URLS")]
+    pub peer_urls: Vec<String>,
+    /// Add it as a learner (non-voting)
+    #[arg(long)]
+    pub learner: bool,
+    #[command(flatten)]
+    pub g: EtcdGlobals,
+}
+
+#[derive(Args, Debug)]
+pub struct MemberRemoveArgs {
+    /// Member id (hex, as `member list` prints it)
+    #[arg(value_parser = parse_member_id)]
+    pub id: u64,
+    #[command(flatten)]
+    pub g: EtcdGlobals,
+}
+
+#[derive(Args, Debug)]
+pub struct EndpointArgs {
+    /// Check every member's client URLs (from the member list), not just --endpoints
+    #[arg(long)]
+    pub cluster: bool,
+    #[command(flatten)]
+    pub g: EtcdGlobals,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotSaveArgs {
+    /// Where to write the snapshot (written beside it first, then renamed)
+    pub file: std::path::PathBuf,
+    #[command(flatten)]
+    pub g: EtcdGlobals,
+}
+
+fn parse_member_id(s: &str) -> Result<u64, String> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|_| format!("invalid member id {s:?} (hex, as `member list` prints it)"))
+}
+
+fn member_row(m: &Member) -> Vec<String> {
+    vec![
+        hex_id(m.id),
+        "started".to_string(),
+        m.name.clone(),
+        m.peer_ur_ls.join(","),
+        m.client_ur_ls.join(","),
+        m.is_learner.to_string(),
+    ]
+}
+
+fn member_json(m: &Member) -> Value {
+    json!({
+        "id": hex_id(m.id),
+        "name": m.name,
+        "peer_urls": m.peer_ur_ls,
+        "client_urls": m.client_ur_ls,
+        "is_learner": m.is_learner,
+    })
+}
+
+pub async fn member(
+    c: MemberCommand,
+    resolve: impl Fn(&EtcdGlobals) -> Result<Settings>,
+) -> Result<()> {
+    match c {
+        MemberCommand::List(a) => {
+            let settings = resolve(&a.g)?;
+            let r = bounded(&settings, async {
+                let mut conn = Conn::connect(&settings).await?;
+                conn.call(true, |ch| async move {
+                    ClusterClient::new(ch)
+                        .member_list(MemberListRequest { linearizable: true })
+                        .await
+                })
+                .await
+            })
+            .await?
+            .into_inner();
+            match settings.format {
+                Format::Json => emit_json(&json!({
+                    "header": output::header_json(r.header.as_ref()),
+                    "members": r.members.iter().map(member_json).collect::<Vec<_>>(),
+                })),
+                Format::Table => emit(&output::table(
+                    &[
+                        "ID",
+                        "STATUS",
+                        "NAME",
+                        "PEER ADDRS",
+                        "CLIENT ADDRS",
+                        "IS LEARNER",
+                    ],
+                    &r.members.iter().map(member_row).collect::<Vec<_>>(),
+                )),
+                Format::Simple => emit(
+                    &r.members
+                        .iter()
+                        .map(|m| format!("{}\n", member_row(m).join(", ")))
+                        .collect::<String>(),
+                ),
+            }
+        }
+        MemberCommand::Add(a) => {
+            let settings = resolve(&a.g)?;
+            for u in &a.peer_urls {
+                conn::normalize(u)?;
+            }
+            let r = bounded(&settings, async {
+                let conn = Conn::connect(&settings).await?;
+                Ok(ClusterClient::new(conn.channel)
+                    .member_add(MemberAddRequest {
+                        peer_ur_ls: a.peer_urls.clone(),
+                        is_learner: a.learner,
+                    })
+                    .await?
+                    .into_inner())
+            })
+            .await?;
+            let id = r.member.as_ref().map_or(0, |m| m.id);
+            match settings.format {
+                Format::Json => emit_json(&json!({
+                    "header": output::header_json(r.header.as_ref()),
+                    "member": r.member.as_ref().map(member_json),
+                    "members": r.members.iter().map(member_json).collect::<Vec<_>>(),
+                })),
+                _ => emit(&format!(
+                    "Member {} added to cluster {}\n",
+                    hex_id(id),
+                    hex_id(r.header.as_ref().map_or(0, |h| h.cluster_id))
+                )),
+            }
+        }
+        MemberCommand::Remove(a) => {
+            let settings = resolve(&a.g)?;
+            let r = bounded(&settings, async {
+                let conn = Conn::connect(&settings).await?;
+                Ok(ClusterClient::new(conn.channel)
+                    .member_remove(MemberRemoveRequest { id: a.id })
+                    .await?
+                    .into_inner())
+            })
+            .await?;
+            match settings.format {
+                Format::Json => emit_json(&json!({
+                    "header": output::header_json(r.header.as_ref()),
+                    "members": r.members.iter().map(member_json).collect::<Vec<_>>(),
+                })),
+                _ => emit(&format!(
+                    "Member {} removed from cluster {}\n",
+                    hex_id(a.id),
+                    hex_id(r.header.as_ref().map_or(0, |h| h.cluster_id))
+                )),
+            }
+        }
+    }
+}
+
+/// The endpoints to check: --endpoints, or with --cluster every member's client URLs.
+async fn targets(settings: &Settings, cluster: bool) -> Result<Vec<String>> {
+    if !cluster {
+        return Ok(settings.endpoints.clone());
+    }
+    let r = bounded(settings, async {
+        let mut conn = Conn::connect(settings).await?;
+        conn.call(true, |ch| async move {
+            ClusterClient::new(ch)
+                .member_list(MemberListRequest {
+                    linearizable: false,
+                })
+                .await
+        })
+        .await
+    })
+    .await?
+    .into_inner();
+    let mut eps = Vec::new();
+    for m in &r.members {
+        for u in &m.client_ur_ls {
+            let u = conn::normalize(u)?;
+            if !eps.contains(&u) {
+                eps.push(u);
+            }
+        }
+    }
+    Ok(eps)
+}
+
+/// Settings that reach exactly one endpoint (no failover: each is checked on its own).
+fn only(settings: &Settings, endpoint: &str) -> Settings {
+    Settings {
+        endpoints: vec![endpoint.to_string()],
+        ..settings.clone()
+    }
+}
+
+fn warn(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+pub async fn endpoint(
+    c: EndpointCommand,
+    resolve: impl Fn(&EtcdGlobals) -> Result<Settings>,
+) -> Result<()> {
+    match c {
+        EndpointCommand::Status(a) => status(&resolve(&a.g)?, a.cluster).await,
+        EndpointCommand::Health(a) => health(&resolve(&a.g)?, a.cluster).await,
+    }
+}
+
+async fn status(settings: &Settings, cluster: bool) -> Result<()> {
+    let eps = targets(settings, cluster).await?;
+    let mut rows: Vec<(String, StatusResponse)> = Vec::new();
+    let mut failed = 0;
+    for ep in &eps {
+        let one = only(settings, ep);
+        let r = bounded(&one, async {
+            let conn = Conn::connect(&one).await?;
+            Ok(MaintenanceClient::new(conn.channel)
+                .status(StatusRequest {})
+                .await?
+                .into_inner())
+        })
+        .await;
+        match r {
+            Ok(s) => rows.push((conn::display(ep).to_string(), s)),
+            Err(e) => {
+                failed += 1;
+                warn(&format!(
+                    "Failed to get the status of endpoint {}: {}",
+                    conn::display(ep),
+                    e.message().unwrap_or("")
+                ));
+            }
+        }
+    }
+    let cells = |ep: &str, s: &StatusResponse| {
+        let id = s.header.as_ref().map_or(0, |h| h.member_id);
+        vec![
+            ep.to_string(),
+            hex_id(id),
+            s.version.clone(),
+            output::human_bytes(s.db_size),
+            (s.leader == id && id != 0).to_string(),
+            s.is_learner.to_string(),
+            s.raft_term.to_string(),
+            s.raft_index.to_string(),
+            s.raft_applied_index.to_string(),
+            s.errors.join(", "),
+        ]
+    };
+    match settings.format {
+        Format::Json => {
+            let list: Vec<Value> = rows
+                .iter()
+                .map(|(ep, s)| {
+                    let id = s.header.as_ref().map_or(0, |h| h.member_id);
+                    json!({
+                        "endpoint": ep,
+                        "header": output::header_json(s.header.as_ref()),
+                        "version": s.version,
+                        "db_size": s.db_size,
+                        "leader": hex_id(s.leader),
+                        "is_leader": s.leader == id && id != 0,
+                        "is_learner": s.is_learner,
+                        "raft_term": s.raft_term,
+                        "raft_index": s.raft_index,
+                        "raft_applied_index": s.raft_applied_index,
+                        "errors": s.errors,
+                    })
+                })
+                .collect();
+            emit_json(&Value::Array(list))?;
+        }
+        Format::Table => emit(&output::table(
+            &[
+                "ENDPOINT",
+                "ID",
+                "VERSION",
+                "DB SIZE",
+                "IS LEADER",
+                "IS LEARNER",
+                "RAFT TERM",
+                "RAFT INDEX",
+                "RAFT APPLIED INDEX",
+                "ERRORS",
+            ],
+            &rows.iter().map(|(e, s)| cells(e, s)).collect::<Vec<_>>(),
+        ))?,
+        Format::Simple => emit(
+            &rows
+                .iter()
+                .map(|(e, s)| format!("{}\n", cells(e, s).join(", ")))
+                .collect::<String>(),
+        )?,
+    }
+    if failed > 0 {
+        return Err(CliError::new(format!(
+            "{failed} of {} endpoints did not answer",
+            eps.len()
+        )));
+    }
+    Ok(())
+}
+
+async fn health(settings: &Settings, cluster: bool) -> Result<()> {
+    let eps = targets(settings, cluster).await?;
+    let mut results = Vec::new();
+    for ep in &eps {
+        let one = only(settings, ep);
+        // As etcdctl: a linearizable read must go through the leader's read index.
+        let r = bounded(&one, async {
+            let conn = Conn::connect(&one).await?;
+            let start = Instant::now();
+            KvClient::new(conn.channel)
+                .range(RangeRequest {
+                    key: b"health".to_vec(),
+                    ..Default::default()
+                })
+                .await?;
+            Ok(start.elapsed())
+        })
+        .await;
+        let (took, err) = match r {
+            Ok(took) => (took, None),
+            Err(e) => (
+                Default::default(),
+                Some(e.message().unwrap_or("").to_string()),
+            ),
+        };
+        results.push((conn::display(ep).to_string(), took, err));
+    }
+    let unhealthy = results.iter().filter(|r| r.2.is_some()).count();
+    match settings.format {
+        Format::Json => emit_json(&Value::Array(
+            results
+                .iter()
+                .map(|(ep, took, err)| {
+                    json!({
+                        "endpoint": ep,
+                        "health": err.is_none(),
+                        "took": format!("{took:?}"),
+                        "error": err,
+                    })
+                })
+                .collect(),
+        ))?,
+        Format::Table => emit(&output::table(
+            &["ENDPOINT", "HEALTH", "TOOK", "ERROR"],
+            &results
+                .iter()
+                .map(|(ep, took, err)| {
+                    vec![
+                        ep.clone(),
+                        err.is_none().to_string(),
+                        format!("{took:?}"),
+                        err.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ))?,
+        Format::Simple => {
+            for (ep, took, err) in &results {
+                match err {
+                    None => emit(&format!(
+                        "{ep} is healthy: successfully committed proposal: took = {took:?}\n"
+                    ))?,
+                    Some(e) => warn(&format!(
+                        "{ep} is unhealthy: failed to commit proposal: {e}"
+                    )),
+                }
+            }
+        }
+    }
+    if unhealthy > 0 {
+        return Err(CliError::new("unhealthy cluster"));
+    }
+    Ok(())
+}
+
+pub async fn snapshot(
+    c: SnapshotCommand,
+    resolve: impl Fn(&EtcdGlobals) -> Result<Settings>,
+) -> Result<()> {
+    let SnapshotCommand::Save(a) = c;
+    let settings = resolve(&a.g)?;
+    // One endpoint, as etcdctl insists: a snapshot is of one member's store.
+    if settings.endpoints.len() > 1 {
+        return Err(CliError::new(
+            "snapshot save needs exactly one endpoint (--endpoints)",
+        ));
+    }
+    let conn = bounded(&settings, Conn::connect(&settings)).await?;
+    let mut stream = bounded(&settings, async {
+        Ok(MaintenanceClient::new(conn.channel.clone())
+            .snapshot(SnapshotRequest {})
+            .await?
+            .into_inner())
+    })
+    .await?;
+    let part = a.file.with_extension("part");
+    let mut file = std::fs::File::create(&part)
+        .map_err(|e| CliError::new(format!("creating {}: {e}", part.display())))?;
+    let mut total: u64 = 0;
+    let result: Result<()> = async {
+        loop {
+            match stream.message().await {
+                Ok(Some(chunk)) => {
+                    file.write_all(&chunk.blob)
+                        .map_err(|e| CliError::new(format!("writing {}: {e}", part.display())))?;
+                    total += chunk.blob.len() as u64;
+                }
+                Ok(None) => break,
+                Err(s) => return Err(CliError::from_status(&s, Some(conn.endpoint()))),
+            }
+        }
+        file.sync_all()
+            .map_err(|e| CliError::new(format!("syncing {}: {e}", part.display())))?;
+        std::fs::rename(&part, &a.file)
+            .map_err(|e| CliError::new(format!("renaming to {}: {e}", a.file.display())))
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    result?;
+    match settings.format {
+        Format::Json => emit_json(&json!({"file": a.file.display().to_string(), "size": total})),
+        _ => emit(&format!("Snapshot saved at {}\n", a.file.display())),
+    }
+}
