@@ -10,6 +10,8 @@
 #                    writes nothing in the work tree (Cargo.lock is --locked)
 #   make fix         cargo fmt + clippy --fix
 #   make tools       install the test tools only (fails if one is missing)
+#   make bench       release build, 3 corral + 3 etcd members on loopback, the
+#                    same workloads against each; writes BENCHMARKS.md
 #   make clean-data  remove ./corral.data
 #
 # protoc: the dev-dependency etcd-client runs protoc from its build script;
@@ -36,10 +38,10 @@ WITH_PROTOC = PROTOC="$$(scripts/protoc-path.sh)" || exit 1; export PROTOC;
 HAVE_NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 .DEFAULT_GOAL := build
-.PHONY: build run test test-only tools verify fmt-check clippy doc fix clean-data help
+.PHONY: build run test test-only tools verify fmt-check clippy doc fix clean-data help bench
 
 help:
-	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,15p' Makefile | sed 's/^# \{0,1\}//'
 
 build:
 	$(CARGO) build --bin corral
@@ -87,3 +89,7 @@ fix:
 
 clean-data:
 	rm -rf corral.data
+
+# Side-by-side benchmark with etcd (installs Debian's etcd-server when missing).
+bench:
+	scripts/bench.sh
