@@ -198,12 +198,14 @@ async fn prepare(args: &BenchArgs, ch: &Channel) -> anyhow::Result<()> {
         | Workload::ZnodeChildren
         | Workload::ZnodeCreate => {
             let mut z = ZnodesClient::new(ch.clone());
-            let _ = z
-                .create(CreateRequest {
-                    path: "/bench".into(),
-                    ..Default::default()
-                })
-                .await;
+            for parent in ["/bench", "/bench-create"] {
+                let _ = z
+                    .create(CreateRequest {
+                        path: parent.into(),
+                        ..Default::default()
+                    })
+                    .await;
+            }
             if args.workload != Workload::ZnodeCreate {
                 for i in 0..keys.min(100) {
                     let _ = z
@@ -288,7 +290,8 @@ async fn client(
                 .map(|_| ()),
             Workload::ZnodeCreate => z
                 .create(CreateRequest {
-                    path: format!("/bench/c{id}-{i}"),
+                    // Not under /bench: the children workload lists /bench.
+                    path: format!("/bench-create/c{id}-{i}"),
                     data: value.clone(),
                     ..Default::default()
                 })
@@ -365,7 +368,10 @@ async fn watch_latency(
         // Latency from the put's acknowledgement to the event's arrival.
         let acked = Instant::now();
         loop {
-            let r = events.next().await.context("watch closed")??;
+            let r = tokio::time::timeout(Duration::from_secs(5), events.next())
+                .await
+                .context("no watch event within 5 s")?
+                .context("watch closed")??;
             if !r.events.is_empty() {
                 break;
             }
@@ -384,18 +390,29 @@ async fn keepalive(ch: Channel, n: usize, errors: Arc<AtomicU64>) -> anyhow::Res
         .into_inner()
         .id;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
+    // Queue the first request before opening the stream: grpc-go servers (etcd) send the
+    // response headers only with the first response, so waiting for them first deadlocks.
+    let mut t = Instant::now();
+    tx.send(LeaseKeepAliveRequest { id }).await?;
     let mut replies = LeaseClient::new(ch)
         .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?
         .into_inner();
     let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        tx.send(LeaseKeepAliveRequest { id }).await?;
-        match replies.next().await {
-            Some(Ok(r)) if r.ttl > 0 => lat.push(t.elapsed()),
-            _ => {
+    for i in 0..n {
+        if i > 0 {
+            t = Instant::now();
+            tx.send(LeaseKeepAliveRequest { id }).await?;
+        }
+        // A reply that never comes is an error, not a hang.
+        match tokio::time::timeout(Duration::from_secs(5), replies.next()).await {
+            Ok(Some(Ok(r))) if r.ttl > 0 => lat.push(t.elapsed()),
+            Ok(_) => {
                 errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                errors.fetch_add(1, Ordering::Relaxed);
+                break;
             }
         }
     }
