@@ -8,6 +8,11 @@
 #                    then run the whole test suite (nextest if installed)
 #   make verify      fmt check + clippy -D warnings + tests + rustdoc -D warnings;
 #                    writes nothing in the work tree (Cargo.lock is --locked)
+#   make jepsen      long fault-injection runs against real processes (3 and 5
+#                    members, every fault); DURATION=5m per run (default 60s),
+#                    SEED=n to replay a fault schedule; a failing run is saved
+#                    under target/jepsen/
+#   make jepsen-replay RECORDING=target/jepsen/<run>  check a saved run again
 #   make fix         cargo fmt + clippy --fix
 #   make tools       install the test tools only (fails if one is missing)
 #   make bench       release build, 3 corral + 3 etcd members on loopback, the
@@ -22,6 +27,10 @@ CARGO ?= cargo
 # Extra arguments for the test runner, e.g. make test TEST_ARGS=compat_tools
 TEST_ARGS ?=
 ARGS ?=
+# make jepsen: nemesis time per run, and an optional fault-schedule seed.
+DURATION ?= 60s
+SEED ?=
+RECORDING ?=
 
 # Where scripts/install-test-tools.sh puts grpcurl and the Python venv; first
 # on PATH for the tests.
@@ -38,10 +47,11 @@ WITH_PROTOC = PROTOC="$$(scripts/protoc-path.sh)" || exit 1; export PROTOC;
 HAVE_NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 .DEFAULT_GOAL := build
-.PHONY: build run test test-only tools verify fmt-check clippy doc fix clean-data help bench
+.PHONY: build run test test-only tools verify fmt-check clippy doc fix clean-data help \
+	jepsen jepsen-replay bench
 
 help:
-	@sed -n '3,15p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,20p' Makefile | sed 's/^# \{0,1\}//'
 
 build:
 	$(CARGO) build --bin corral
@@ -66,6 +76,16 @@ ifeq ($(HAVE_NEXTEST),yes)
 else
 	$(WITH_PROTOC) $(CARGO) test --workspace --all-targets --locked $(TEST_ARGS)
 endif
+
+# One run after the other (they share two cores with the servers they start).
+jepsen:
+	$(WITH_PROTOC) JEPSEN_DURATION=$(DURATION) JEPSEN_SEED=$(SEED) \
+		$(CARGO) test --locked --test jepsen -- --ignored --test-threads=1 --nocapture long_
+
+jepsen-replay:
+	@test -n "$(RECORDING)" || { echo "usage: make jepsen-replay RECORDING=target/jepsen/<run>" >&2; exit 2; }
+	$(WITH_PROTOC) JEPSEN_REPLAY=$(abspath $(RECORDING)) \
+		$(CARGO) test --locked --test jepsen -- --ignored --exact replay --nocapture
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

@@ -143,6 +143,23 @@ impl Node {
             clients: clients.clone(),
         };
         let raft_config = Arc::new(cfg.raft_config()?);
+        // Read before Raft takes the log store: see `RaftHandle`'s `startup`.
+        let mut log_store = log_store;
+        let startup = {
+            use openraft::storage::RaftLogStorage;
+            let state = log_store
+                .get_log_state()
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the raft log: {e}"))?;
+            let vote = log_store
+                .read_vote()
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the vote: {e}"))?;
+            (
+                vote.map_or(0, |v| v.leader_id().term),
+                state.last_log_id.map_or(0, |l| l.index),
+            )
+        };
         let raft = Raft::new(cfg.member_id, raft_config, network, log_store, sm)
             .await
             .map_err(|e| anyhow::anyhow!("starting raft: {e}"))?;
@@ -152,6 +169,7 @@ impl Node {
         let timeout = request_timeout(&cfg);
 
         let handle = RaftHandle::new(
+            startup,
             cfg.member_id,
             raft.clone(),
             clients,

@@ -61,6 +61,13 @@ struct Submitter {
     /// How recently a quorum must have acknowledged this leader for it to answer lease
     /// questions on its own authority.
     election_timeout: Duration,
+    /// (term of the vote, last log index) read from the log store before Raft started.
+    /// openraft 0.9 restores a member whose vote was committed as leader of that same term at
+    /// startup, knowing only the committed index that happened to be durable (the
+    /// state machine's last-applied, or an unflushed `save_committed`). Entries up to this
+    /// index may have been committed and acknowledged before the crash, so reads in that term
+    /// wait until they are applied.
+    startup: (u64, u64),
 }
 
 #[derive(Clone)]
@@ -72,7 +79,9 @@ pub struct RaftHandle {
 
 impl RaftHandle {
     /// Starts the batcher. `timeout` bounds every proposal and read barrier.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        startup: (u64, u64),
         id: NodeId,
         raft: Raft,
         clients: PeerClients,
@@ -88,6 +97,7 @@ impl RaftHandle {
             timeout,
             leases,
             election_timeout,
+            startup,
         };
         let (queue, rx) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
         tokio::spawn(batch_loop(submitter.clone(), rx));
@@ -128,6 +138,13 @@ impl RaftHandle {
     /// served after it are linearizable. Works on followers through the leader's read index.
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
         self.submitter.read_barrier().await
+    }
+
+    /// The read index this member hands out as leader (see `Submitter::leader_read_index`).
+    pub async fn leader_read_index(
+        &self,
+    ) -> Result<u64, RaftError<NodeId, CheckIsLeaderError<NodeId, Member>>> {
+        self.submitter.leader_read_index().await
     }
 
     pub fn leases(&self) -> &Arc<LeaseClock> {
@@ -389,14 +406,26 @@ impl Submitter {
         }
     }
 
+    /// openraft's read log id, raised to the last log index at startup while leading in the
+    /// term this member started in (see `startup`).
+    async fn leader_read_index(
+        &self,
+    ) -> Result<u64, RaftError<NodeId, CheckIsLeaderError<NodeId, Member>>> {
+        let (read_log_id, _) = self.raft.get_read_log_id().await?;
+        let index = read_log_id.map_or(0, |l| l.index);
+        let (term, last) = self.startup;
+        let restored = read_log_id.is_some_and(|l| l.leader_id.term == term);
+        Ok(if restored { index.max(last) } else { index })
+    }
+
     async fn read_barrier(&self) -> Result<(), ProposeError> {
         let deadline = Instant::now() + self.timeout;
         loop {
             let leader = self.wait_leader(deadline).await?;
             let index = if leader == self.id {
-                match timeout_at(deadline, self.raft.get_read_log_id()).await {
+                match timeout_at(deadline, self.leader_read_index()).await {
                     Err(_) => return Err(ProposeError::Timeout),
-                    Ok(Ok((read_log_id, _))) => read_log_id.map(|l| l.index),
+                    Ok(Ok(index)) => Some(index),
                     Ok(Err(RaftError::APIError(
                         CheckIsLeaderError::ForwardToLeader(_)
                         | CheckIsLeaderError::QuorumNotEnough(_),

@@ -88,21 +88,22 @@ impl Peer for PeerService {
             not_leader: true,
             leader_id: leader.unwrap_or(0),
         };
-        let resp = match tokio::time::timeout(self.read_index_timeout, self.raft.get_read_log_id())
-            .await
-        {
-            Err(_) => not_leader(None),
-            Ok(Ok((read_log_id, _))) => ReadIndexResponse {
-                index: read_log_id.map_or(0, |l| l.index),
-                not_leader: false,
-                leader_id: 0,
-            },
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                not_leader(f.leader_id)
-            }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))))
-            | Ok(Err(RaftError::Fatal(_))) => not_leader(None),
-        };
+        let resp =
+            match tokio::time::timeout(self.read_index_timeout, self.handle.leader_read_index())
+                .await
+            {
+                Err(_) => not_leader(None),
+                Ok(Ok(index)) => ReadIndexResponse {
+                    index,
+                    not_leader: false,
+                    leader_id: 0,
+                },
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    not_leader(f.leader_id)
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))))
+                | Ok(Err(RaftError::Fatal(_))) => not_leader(None),
+            };
         Ok(Response::new(resp))
     }
 

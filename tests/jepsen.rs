@@ -1,0 +1,171 @@
+//! Jepsen-style fault testing against real `corral serve` processes: concurrent clients record
+//! histories of gets, puts, deletes and compare-and-sets (plus leases and watches) while a
+//! nemesis kills (-9), pauses (SIGSTOP) and partitions members; afterwards every member is
+//! killed and restarted, everything is read back, and [`corral::checker`] must find every key
+//! linearizable, revisions monotonic, watch streams exact, acknowledged writes present and
+//! expired lease keys gone.
+//!
+//! Partitions are real cuts of peer traffic: every directed peer link runs through a TCP proxy
+//! in this process (`--peer-dial-map`), which the nemesis black-holes.
+//!
+//! The short schedules here run in `make test` (about 20 s each); `make jepsen DURATION=5m`
+//! runs the long ones (ignored here, every fault) and any failing run is saved under
+//! `target/jepsen/` — recording, report, member logs — for `make jepsen-replay RECORDING=...`.
+//! `JEPSEN_SEED` replays a fault schedule (timing still varies).
+//!
+//! Until the bug `restarted_leader_does_not_serve_stale_linearizable_reads` reproduces is
+//! fixed, the short schedules steer around it (see `Scenario::avoid_restored_leader_bug`); the
+//! long ones don't.
+
+mod common;
+#[path = "jepsen/nemesis.rs"]
+mod nemesis;
+#[path = "jepsen/run.rs"]
+mod run;
+#[path = "jepsen/watcher.rs"]
+mod watcher;
+#[path = "jepsen/workload.rs"]
+mod workload;
+
+use std::time::Duration;
+
+use nemesis::Fault;
+use run::{duration_from_env, Scenario};
+
+const ALL_FAULTS: [Fault; 8] = [
+    Fault::KillRandom,
+    Fault::KillLeader,
+    Fault::RestartLeader,
+    Fault::PauseRandom,
+    Fault::PauseLeader,
+    Fault::MajorityMinority,
+    Fault::IsolateLeader,
+    Fault::Bridge,
+];
+
+/// Three members: kill -9 (the leader, twice per round, or anyone) and SIGSTOP (the leader or
+/// anyone), one fault at a time, held 1–3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_crashes_and_pauses() {
+    run::run(Scenario {
+        name: "three-crash-pause",
+        members: 3,
+        clients: 4,
+        duration: Duration::from_secs(15),
+        faults: vec![
+            Fault::KillLeader,
+            Fault::KillRandom,
+            Fault::PauseLeader,
+            Fault::KillLeader,
+            Fault::PauseRandom,
+        ],
+        avoid_restored_leader_bug: true,
+    })
+    .await;
+}
+
+/// Five members behind link proxies: majority/minority splits, the leader isolated, a bridge,
+/// and kill -9 of the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_members_partitions() {
+    run::run(Scenario {
+        name: "five-partitions",
+        members: 5,
+        clients: 5,
+        duration: Duration::from_secs(15),
+        faults: vec![
+            Fault::MajorityMinority,
+            Fault::IsolateLeader,
+            Fault::Bridge,
+            Fault::KillLeader,
+        ],
+        avoid_restored_leader_bug: true,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "long schedule: make jepsen DURATION=..."]
+async fn long_three_members_all_faults() {
+    run::run(Scenario {
+        name: "long-three",
+        members: 3,
+        clients: 5,
+        duration: duration_from_env(Duration::from_secs(60)),
+        faults: ALL_FAULTS.to_vec(),
+        avoid_restored_leader_bug: false,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "long schedule: make jepsen DURATION=..."]
+async fn long_five_members_all_faults() {
+    run::run(Scenario {
+        name: "long-five",
+        members: 5,
+        clients: 6,
+        duration: duration_from_env(Duration::from_secs(60)),
+        faults: ALL_FAULTS.to_vec(),
+        avoid_restored_leader_bug: false,
+    })
+    .await;
+}
+
+/// Checks a saved recording again: `make jepsen-replay RECORDING=target/jepsen/<run>`.
+#[test]
+#[ignore = "replays JEPSEN_REPLAY: make jepsen-replay RECORDING=..."]
+fn replay() {
+    let path = std::env::var("JEPSEN_REPLAY").expect("JEPSEN_REPLAY=path/to/recording.json");
+    run::replay(&path);
+}
+
+/// Regression (found by `long_three_members_all_faults`): a leader killed with -9 right after
+/// acknowledging a write, and restarted before the others elect a new one, resumes leadership
+/// of the same term at once (openraft 0.9 restores a leader whose vote was committed). Its
+/// committed index after the restart is whatever was durable — the state machine's
+/// last-applied, or the unflushed `save_committed` — so the read index openraft gives it
+/// (`max(noop log id of its term, committed)`) can be older than writes it acknowledged
+/// before the crash: a linearizable read then returns the state from before them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_leader_does_not_serve_stale_linearizable_reads() {
+    use common::process::ProcessCluster;
+    let mut cluster = ProcessCluster::start(3).await;
+    // The race is won in roughly one round out of five; 30 rounds take a few seconds.
+    for round in 0..30 {
+        let leader = cluster.wait_leader().await;
+        let mut c = workload::connect(&cluster.members[leader].endpoint())
+            .await
+            .expect("connect");
+        let value = format!("v{round}");
+        // Asked before the put: anything between the put and the kill narrows the window.
+        let term_before = cluster.status(leader).await.map(|s| s.2);
+        let put = c.put("r", value.as_str(), None).await.expect("put");
+        let written_at = put.header().expect("header").revision();
+        cluster.kill(leader);
+        cluster.restart(leader);
+        let endpoint = cluster.members[leader].endpoint();
+        let (read, read_at) = common::eventually(
+            "a linearizable read on the restarted member",
+            Duration::from_secs(20),
+            || async {
+                let mut c = workload::connect(&endpoint).await?;
+                let r = c.get("r", None).await.ok()?;
+                let read = r
+                    .kvs()
+                    .first()
+                    .map(|kv| kv.value_str().unwrap().to_string());
+                Some((read, r.header()?.revision()))
+            },
+        )
+        .await;
+        let after = cluster.status(leader).await;
+        assert!(
+            read.as_deref() == Some(value.as_str()) && read_at >= written_at,
+            "round {round}: put {value:?} acknowledged at revision {written_at} by leader \
+             p{leader} (term {term_before:?}); after kill -9 and restart, a linearizable read on \
+             p{leader} returned {read:?} at revision {read_at}; p{leader} then reported \
+             (own id, leader id, term) = {after:?}"
+        );
+    }
+}

@@ -1,0 +1,461 @@
+//! One fault-injection run, start to verdict: start real members, run clients, watchers and
+//! the nemesis, heal, restart every member, read everything back, check, and save the
+//! recording if anything is wrong.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use corral::checker::{
+    self, watch as wcheck, Call, KeyState, Op, Outcome, Reply, Report, WatchEvent,
+};
+use etcd_client::GetOptions;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::nemesis::{self, Fault};
+use super::watcher::{self, Watcher};
+use super::workload::{self, KeyPool, Recorder, Worker, LEASE_PREFIX, PREFIX};
+use crate::common::eventually;
+use crate::common::process::ProcessCluster;
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub members: usize,
+    /// Key-value clients (one more runs the lease workload).
+    pub clients: u32,
+    /// How long the nemesis runs.
+    pub duration: Duration,
+    /// Faults, taken in turn (shuffled) by the nemesis.
+    pub faults: Vec<Fault>,
+    /// Steer around the bug `restarted_leader_does_not_serve_stale_linearizable_reads`
+    /// reproduces (a killed leader restarted before anyone else took over serves stale
+    /// reads): restart a killed member only once the others have a leader, and after every
+    /// member restarted get one write acknowledged before the final reads. For the short
+    /// schedules of `make test` until that bug is fixed; then remove this field.
+    pub avoid_restored_leader_bug: bool,
+}
+
+/// Everything a run recorded: saved as JSON when a check fails, and checked again by
+/// `make jepsen-replay`.
+#[derive(Serialize, Deserialize)]
+pub struct Recording {
+    pub scenario: String,
+    pub seed: u64,
+    pub history: Vec<Op>,
+    /// The store's event log, from a fresh watch from revision 1 after the run.
+    pub log: Vec<WatchEvent>,
+    /// Streams watched during the run (all started at revision 1), by name.
+    pub streams: Vec<(String, Vec<WatchEvent>)>,
+    /// The final range of every key, and its header revision.
+    pub final_state: BTreeMap<String, KeyState>,
+    pub final_revision: i64,
+    /// Keys attached to leases that were never kept alive.
+    pub lease_keys: Vec<String>,
+    /// What the nemesis did, when (seconds since the start, the history's clock).
+    pub nemesis: Vec<String>,
+    /// Which member each session talked to (by index: member `p<i>`).
+    #[serde(default)]
+    pub session_members: BTreeMap<u32, usize>,
+}
+
+/// Every check over a recording.
+pub fn check(rec: &Recording) -> Report {
+    let mut report = checker::check_history(&rec.history, checker::DEFAULT_BUDGET);
+    let upto = rec.final_revision;
+    report.problems.extend(wcheck::check_log(&rec.log, 1, upto));
+    report
+        .problems
+        .extend(wcheck::check_final_state(&rec.log, &rec.final_state));
+    for (name, stream) in &rec.streams {
+        report
+            .problems
+            .extend(wcheck::check_stream(name, 1, stream, &rec.log));
+    }
+    report
+        .problems
+        .extend(wcheck::check_history_in_log(&rec.history, &rec.log));
+    report.problems.extend(wcheck::check_never_reappear(
+        &rec.lease_keys,
+        &rec.log,
+        &rec.final_state,
+    ));
+    report
+}
+
+fn seed() -> u64 {
+    match std::env::var("JEPSEN_SEED") {
+        Ok(s) if !s.trim().is_empty() => s.trim().parse().expect("JEPSEN_SEED is a number"),
+        _ => rand::thread_rng().gen(),
+    }
+}
+
+/// `JEPSEN_DURATION` (e.g. `60s`, `5m`) for the long runs.
+pub fn duration_from_env(default: Duration) -> Duration {
+    match std::env::var("JEPSEN_DURATION") {
+        Ok(s) if !s.trim().is_empty() => {
+            corral::config::parse_duration(&s).expect("JEPSEN_DURATION like 60s or 5m")
+        }
+        _ => default,
+    }
+}
+
+pub fn artifacts_dir() -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("jepsen")
+}
+
+fn log(start: Instant, what: &str) {
+    eprintln!("[{:7.3}s] {what}", start.elapsed().as_secs_f64());
+}
+
+pub async fn run(s: Scenario) {
+    let seed = seed();
+    let start = Instant::now();
+    let proxied = s.faults.iter().any(|f| f.needs_proxies());
+    log(
+        start,
+        &format!(
+            "{}: {} members, {} clients, {:?} of {:?}, JEPSEN_SEED={seed}",
+            s.name, s.members, s.clients, s.duration, s.faults
+        ),
+    );
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cluster = if proxied {
+        ProcessCluster::start_proxied(s.members).await
+    } else {
+        ProcessCluster::start(s.members).await
+    };
+    let endpoints: Vec<String> = cluster.members.iter().map(|m| m.endpoint()).collect();
+
+    log(start, "phase: clients, watchers and nemesis");
+    let recorder = Recorder::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let pool = Arc::new(KeyPool::new(3, 40));
+    let lease_keys: Arc<Mutex<Vec<String>>> = Arc::default();
+    let watchers: Vec<Watcher> = (0..2)
+        .map(|i| Watcher::spawn(format!("w{i}"), endpoints.clone(), i))
+        .collect();
+    let mut workers = Vec::new();
+    for id in 0..s.clients {
+        let w = Worker::new(id, endpoints.clone(), recorder.clone(), stop.clone(), seed);
+        workers.push(tokio::spawn(w.run_kv(pool.clone())));
+    }
+    let lease_worker = Worker::new(
+        s.clients,
+        endpoints.clone(),
+        recorder.clone(),
+        stop.clone(),
+        seed,
+    );
+    workers.push(tokio::spawn(lease_worker.run_leases(lease_keys.clone())));
+
+    let mut nemesis_log = Vec::new();
+    let mut note = |what: String| {
+        log(start, &what);
+        nemesis_log.push(format!("{:.3}s {what}", recorder.now() as f64 / 1e9));
+    };
+    let deadline = Instant::now() + s.duration;
+    let mut faults = s.faults.clone();
+    'schedule: loop {
+        faults.shuffle(&mut rng);
+        for &fault in &faults {
+            if Instant::now() >= deadline {
+                break 'schedule;
+            }
+            tokio::time::sleep(nemesis::quiet_time(&mut rng)).await;
+            let what = nemesis::inject(&mut cluster, fault, &mut rng).await;
+            note(what);
+            tokio::time::sleep(nemesis::hold_time(&mut rng)).await;
+            if s.avoid_restored_leader_bug {
+                nemesis::wait_for_failover(&cluster).await;
+            }
+            nemesis::heal(&mut cluster, proxied);
+            note("heal".into());
+        }
+    }
+    // A little clean traffic after the last heal, so recovery is exercised too.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("client task");
+    }
+
+    log(start, "phase: kill -9 every member, restart them all");
+    cluster.wait_leader().await;
+    for i in 0..cluster.len() {
+        cluster.kill(i);
+    }
+    note("kill -9 all".into());
+    for i in 0..cluster.len() {
+        cluster.restart(i);
+    }
+    note("restart all".into());
+    cluster.wait_leader().await;
+    if s.avoid_restored_leader_bug {
+        eventually(
+            "a write acknowledged after the restart",
+            Duration::from_secs(30),
+            || async {
+                let mut c = workload::connect(&endpoints[0]).await?;
+                c.put("jepsen-barrier", "", None).await.ok()
+            },
+        )
+        .await;
+    }
+
+    log(start, "phase: final reads on every member");
+    let keys: BTreeSet<String> = recorder.history().into_iter().map(|op| op.key).collect();
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let client = 10_000 + i as u32;
+        let session = recorder.new_session(i);
+        let (invoke, complete, revision, found) = eventually(
+            &format!("a linearizable read on p{i}"),
+            Duration::from_secs(30),
+            || async {
+                let mut c = workload::connect(endpoint).await?;
+                let invoke = recorder.now();
+                let r = c
+                    .get(PREFIX, Some(GetOptions::new().with_prefix()))
+                    .await
+                    .ok()?;
+                let complete = recorder.now();
+                let found: BTreeMap<String, (String, i64)> = r
+                    .kvs()
+                    .iter()
+                    .map(|kv| {
+                        (
+                            String::from_utf8_lossy(kv.key()).into_owned(),
+                            (
+                                String::from_utf8_lossy(kv.value()).into_owned(),
+                                kv.mod_revision(),
+                            ),
+                        )
+                    })
+                    .collect();
+                Some((invoke, complete, r.header()?.revision(), found))
+            },
+        )
+        .await;
+        for key in &keys {
+            let hit = found.get(key);
+            recorder.record(Op {
+                client,
+                session,
+                key: key.clone(),
+                call: Call::Get,
+                invoke,
+                complete,
+                outcome: Outcome::Ok {
+                    revision,
+                    reply: Reply::Read {
+                        value: hit.map(|(v, _)| v.clone()),
+                        mod_revision: hit.map(|(_, m)| *m).unwrap_or(0),
+                    },
+                },
+                note: Some("final read".into()),
+            });
+        }
+    }
+
+    log(start, "phase: every lease expires");
+    // Not a hard deadline: keys still there after it are reported by the checks below.
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Some(mut c) = workload::connect(&endpoints[0]).await {
+                let options = GetOptions::new().with_prefix().with_count_only();
+                if let Ok(r) = c.get(LEASE_PREFIX, Some(options)).await {
+                    if r.count() == 0 {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+
+    log(
+        start,
+        "phase: final state, full event log, watchers catch up",
+    );
+    let (final_revision, final_state) = eventually(
+        "a final range of every key",
+        Duration::from_secs(30),
+        || async {
+            let mut c = workload::connect(&endpoints[0]).await?;
+            let r = c
+                .get("", Some(GetOptions::new().with_all_keys()))
+                .await
+                .ok()?;
+            let state: BTreeMap<String, KeyState> = r
+                .kvs()
+                .iter()
+                .map(|kv| {
+                    (
+                        String::from_utf8_lossy(kv.key()).into_owned(),
+                        KeyState {
+                            value: String::from_utf8_lossy(kv.value()).into_owned(),
+                            mod_revision: kv.mod_revision(),
+                            create_revision: kv.create_revision(),
+                            version: kv.version(),
+                        },
+                    )
+                })
+                .collect();
+            Some((r.header()?.revision(), state))
+        },
+    )
+    .await;
+    let full_log: Vec<WatchEvent> =
+        eventually("the full event log", Duration::from_secs(30), || {
+            watcher::full_log(&endpoints[1 % endpoints.len()], final_revision)
+        })
+        .await
+        .into_iter()
+        .filter(|e| e.revision <= final_revision)
+        .collect();
+    let caught_up = tokio::time::timeout(Duration::from_secs(20), async {
+        while watchers.iter().any(|w| w.last() < final_revision) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .is_ok();
+    let mut streams = Vec::new();
+    for w in watchers {
+        let name = format!(
+            "{} ({} sessions)",
+            w.name,
+            w.sessions.load(Ordering::SeqCst)
+        );
+        let events: Vec<WatchEvent> = w
+            .stop()
+            .await
+            .into_iter()
+            .filter(|e| e.revision <= final_revision)
+            .collect();
+        streams.push((name, events));
+    }
+
+    let history = recorder.history();
+    let lease_keys = lease_keys.lock().unwrap().clone();
+    let recording = Recording {
+        scenario: s.name.to_string(),
+        seed,
+        history,
+        log: full_log,
+        streams,
+        final_state,
+        final_revision,
+        lease_keys,
+        nemesis: nemesis_log,
+        session_members: recorder.session_members(),
+    };
+    log(start, "phase: check");
+    let checking = Instant::now();
+    let mut report = check(&recording);
+    if !caught_up {
+        report.problems.push(checker::Problem::BadStream {
+            stream: "some watcher".into(),
+            position: 0,
+            why: format!("did not reach the final revision {final_revision} within 20 s"),
+        });
+    }
+    let unknown = recording
+        .history
+        .iter()
+        .filter(|op| op.outcome == Outcome::Unknown && op.call != Call::Expire)
+        .count();
+    log(
+        start,
+        &format!(
+            "checked in {:.2}s: {} ops ({unknown} unknown outcome), {} keys, final revision \
+             {final_revision}, {} events; {} lease keys; client errors: {:?}",
+            checking.elapsed().as_secs_f64(),
+            recording.history.len(),
+            report.keys,
+            recording.log.len(),
+            recording.lease_keys.len(),
+            recorder.error_summary(),
+        ),
+    );
+    if !report.is_valid() {
+        let dir = save(&recording, &report, &cluster);
+        panic!(
+            "{}: {report}\nrecording saved in {} (replay: make jepsen-replay RECORDING={}/recording.json)",
+            s.name,
+            dir.display(),
+            dir.display()
+        );
+    }
+}
+
+/// Saves a failing run: the recording, the report and the members' logs.
+fn save(rec: &Recording, report: &Report, cluster: &ProcessCluster) -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let dir = artifacts_dir().join(format!("{}-{}-{stamp}", rec.scenario, rec.seed));
+    std::fs::create_dir_all(&dir).expect("create artifacts dir");
+    std::fs::write(
+        dir.join("recording.json"),
+        serde_json::to_vec(rec).expect("encode recording"),
+    )
+    .expect("write recording");
+    let mut text = format!("{report}\n");
+    for p in &report.problems {
+        text.push_str(&format!("{p}\n\n"));
+    }
+    // Which member the sessions named in the problems talked to.
+    let mut named: BTreeSet<u32> = BTreeSet::new();
+    for (i, _) in text.match_indices("/s") {
+        let digits: String = text[i + 2..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        if let Ok(session) = digits.parse() {
+            named.insert(session);
+        }
+    }
+    text.push_str("sessions:\n");
+    for session in named {
+        if let Some(member) = rec.session_members.get(&session) {
+            text.push_str(&format!("  s{session} -> p{member}\n"));
+        }
+    }
+    text.push_str("nemesis:\n");
+    for line in &rec.nemesis {
+        text.push_str(&format!("  {line}\n"));
+    }
+    std::fs::write(dir.join("report.txt"), text).expect("write report");
+    for m in &cluster.members {
+        let _ = std::fs::copy(m.log_path(), dir.join(format!("{}.log", m.name)));
+    }
+    dir
+}
+
+/// Checks a saved recording again (`make jepsen-replay RECORDING=...`).
+pub fn replay(path: &str) {
+    let path = PathBuf::from(path);
+    let path = if path.is_dir() {
+        path.join("recording.json")
+    } else {
+        path
+    };
+    let bytes = std::fs::read(&path).expect("read recording");
+    let rec: Recording = serde_json::from_slice(&bytes).expect("decode recording");
+    let report = check(&rec);
+    eprintln!("{}: seed {}\n{report}", rec.scenario, rec.seed);
+    for p in &report.problems {
+        eprintln!("{p}\n");
+    }
+    assert!(report.is_valid(), "{} has problems", path.display());
+}
