@@ -50,6 +50,36 @@ impl LeaseService {
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
 
+/// Serves a keep-alive stream (etcd leases and znode sessions alike): each request renews one
+/// lease on the leader's clock — never through Raft — and `answer` shapes the reply from the
+/// lease id and its renewed TTL (`None`: no such lease). A failure ends the stream.
+pub fn serve_keep_alives<Req, Resp>(
+    ctx: Ctx,
+    mut inbound: Streaming<Req>,
+    id_of: fn(&Req) -> i64,
+    answer: impl Fn(&Ctx, i64, Option<i64>) -> Resp + Send + 'static,
+) -> Pin<Box<dyn Stream<Item = Result<Resp, Status>> + Send>>
+where
+    Req: prost::Message + Default + Send + 'static,
+    Resp: Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Some(Ok(r)) = inbound.next().await {
+            let id = id_of(&r);
+            let resp = match ctx.handle.lease(LeaseAsk::KeepAlive, id).await {
+                Ok(ttl) => Ok(answer(&ctx, id, ttl.map(|(ttl, _)| ttl))),
+                Err(e) => Err(propose_status(e)),
+            };
+            let failed = resp.is_err();
+            if tx.send(resp).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
 /// A server-chosen lease id: positive and random, so ids are not reused across restarts.
 fn new_lease_id() -> i64 {
     loop {
@@ -115,27 +145,17 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
-        let mut inbound = req.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let ctx = self.ctx.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(r)) = inbound.next().await {
-                let resp = match ctx.handle.lease(LeaseAsk::KeepAlive, r.id).await {
-                    // etcd answers an unknown (or expired) lease with TTL 0.
-                    Ok(ttl) => Ok(LeaseKeepAliveResponse {
-                        header: ctx.header(ctx.handle.store().revision()),
-                        id: r.id,
-                        ttl: ttl.map_or(0, |(ttl, _)| ttl),
-                    }),
-                    Err(e) => Err(propose_status(e)),
-                };
-                let failed = resp.is_err();
-                if tx.send(resp).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(serve_keep_alives(
+            self.ctx.clone(),
+            req.into_inner(),
+            |r: &LeaseKeepAliveRequest| r.id,
+            // etcd answers an unknown (or expired) lease with TTL 0.
+            |ctx, id, ttl| LeaseKeepAliveResponse {
+                header: ctx.header(ctx.handle.store().revision()),
+                id,
+                ttl: ttl.unwrap_or(0),
+            },
+        )))
     }
 
     async fn lease_time_to_live(

@@ -4,12 +4,11 @@
 
 use std::pin::Pin;
 
-use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::error::{mvcc_status, propose_status};
+use super::lease::serve_keep_alives;
 use super::znode::zk_status;
 use super::Ctx;
 use crate::command::{Command, CommandResult};
@@ -19,7 +18,6 @@ use crate::pb::corral::v1::{
     CloseSessionRequest, CloseSessionResponse, KeepAliveRequest, KeepAliveResponse,
     OpenSessionRequest, OpenSessionResponse,
 };
-use crate::raft::network::LeaseAsk;
 
 /// Session timeout bounds, milliseconds (ZooKeeper's defaults: 2 and 20 ticks of 2 s).
 #[derive(Debug, Clone, Copy)]
@@ -115,25 +113,15 @@ impl Sessions for SessionService {
         &self,
         req: Request<Streaming<KeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
-        let mut inbound = req.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let ctx = self.ctx.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(r)) = inbound.next().await {
-                let resp = match ctx.handle.lease(LeaseAsk::KeepAlive, r.session_id).await {
-                    Ok(ttl) => Ok(KeepAliveResponse {
-                        session_id: r.session_id,
-                        timeout_ms: ttl.map_or(0, |(ttl, _)| ttl * 1000),
-                    }),
-                    Err(e) => Err(propose_status(e)),
-                };
-                let failed = resp.is_err();
-                if tx.send(resp).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(serve_keep_alives(
+            self.ctx.clone(),
+            req.into_inner(),
+            |r: &KeepAliveRequest| r.session_id,
+            |_, session_id, ttl| KeepAliveResponse {
+                session_id,
+                timeout_ms: ttl.map_or(0, |ttl| ttl * 1000),
+            },
+        )))
     }
 
     async fn close_session(
