@@ -10,8 +10,14 @@
 //!   change, consistent across reads.
 //! - [`watch`]: the final event log, the streams recorded during the run, acknowledged
 //!   writes in the log, and keys that must never come back.
+//! - [`lock`]: lock holders and fencing tokens — unique, increasing, never two holders at
+//!   once (unless a lease may have expired), the fence keeping older tokens out.
+//! - [`ephemeral`]: znode sessions — an ephemeral never seen again once its session was
+//!   seen to end, never gone while its session was provably alive.
 
+pub mod ephemeral;
 pub mod kv;
+pub mod lock;
 pub mod revision;
 pub mod search;
 pub mod watch;
@@ -66,6 +72,21 @@ pub enum Problem {
     MissingFromLog { op: Op, found: Option<WatchEvent> },
     /// A key deleted for good came back.
     Reappeared { key: String, why: String },
+    /// Fencing tokens handed out twice, or out of real-time order.
+    LockToken { why: String },
+    /// The lock was granted while an earlier holder provably still held it.
+    LockHoldersOverlap {
+        earlier: String,
+        later: String,
+        why: String,
+    },
+    /// A write guarded by a fencing token got through where it had to be refused, or the
+    /// other way round.
+    Fencing { why: String },
+    /// An ephemeral znode was seen (or created) after its session was seen to end.
+    EphemeralReappeared { path: String, why: String },
+    /// An ephemeral znode was gone while its session was provably alive.
+    EphemeralVanished { path: String, why: String },
 }
 
 /// Operations shown around the point where a search got stuck.
@@ -149,6 +170,26 @@ impl fmt::Display for Problem {
             ),
             Problem::Reappeared { key, why } => {
                 write!(f, "key {key:?} of an expired lease came back: {why}")
+            }
+            Problem::LockToken { why } => write!(f, "lock tokens: {why}"),
+            Problem::LockHoldersOverlap {
+                earlier,
+                later,
+                why,
+            } => write!(
+                f,
+                "two lock holders at once: {why}\n    earlier token: {earlier}\n    later \
+                 token: {later}"
+            ),
+            Problem::Fencing { why } => write!(f, "fencing: {why}"),
+            Problem::EphemeralReappeared { path, why } => {
+                write!(f, "ephemeral {path:?} of an ended session came back: {why}")
+            }
+            Problem::EphemeralVanished { path, why } => {
+                write!(
+                    f,
+                    "ephemeral {path:?} vanished while its session lived: {why}"
+                )
             }
         }
     }
