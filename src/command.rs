@@ -7,9 +7,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::mvcc::MvccError;
+use crate::pb::corral::v1::op;
+use crate::pb::etcdserverpb::request_op::Request as TxnOp;
 use crate::pb::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, TxnRequest, TxnResponse,
+    AlarmMember, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +50,47 @@ pub enum Command {
         paths: Vec<String>,
         now_ms: i64,
     },
+    /// Raises (`activate`) or clears an alarm (etcd's `AlarmType`) of `member_id`; clearing
+    /// with `member_id` 0 clears that alarm of every member.
+    Alarm {
+        activate: bool,
+        member_id: u64,
+        alarm: i32,
+    },
+}
+
+impl Command {
+    /// Whether the command can make the store grow, so that a NOSPACE alarm refuses it
+    /// (etcd's quota: puts, txns with a put in either branch, lease grants). Deletes,
+    /// compaction and revocations free space and always go through.
+    pub fn needs_space(&self) -> bool {
+        match self {
+            Command::Put(_) | Command::LeaseGrant { .. } => true,
+            Command::Txn(t) => txn_puts(t),
+            Command::Znode { ops, .. } => ops
+                .iter()
+                .any(|o| matches!(o.op, Some(op::Op::Create(_)) | Some(op::Op::SetData(_)))),
+            Command::DeleteRange(_)
+            | Command::Compact(_)
+            | Command::PublishMember { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseExpire { .. }
+            | Command::ZnodeReap { .. }
+            | Command::Alarm { .. } => false,
+        }
+    }
+}
+
+/// Whether a txn holds a put in either branch, nested txns included.
+fn txn_puts(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .any(|o| match &o.request {
+            Some(TxnOp::RequestPut(_)) => true,
+            Some(TxnOp::RequestTxn(inner)) => txn_puts(inner),
+            Some(TxnOp::RequestRange(_)) | Some(TxnOp::RequestDeleteRange(_)) | None => false,
+        })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,4 +105,6 @@ pub enum CommandResult {
     Znode(crate::pb::corral::v1::MultiResponse),
     /// The command was refused and changed nothing.
     Error(MvccError),
+    /// The alarms an alarm command raised or cleared.
+    Alarms(Vec<AlarmMember>),
 }

@@ -19,10 +19,8 @@ const MIN_ELECTION_TO_HEARTBEAT_RATIO: u64 = 5;
 /// end) far from overflowing.
 const MAX_ELECTION_TIMEOUT_MS: u64 = 50_000;
 
-/// Entries kept in the log after they are covered by a snapshot, so that a follower that lags
-/// slightly behind a fresh snapshot can still be caught up by log replication instead of by
-/// transferring the whole snapshot.
-const MAX_IN_SNAPSHOT_LOG_TO_KEEP: u64 = 1000;
+/// etcd's default `--quota-backend-bytes`, 2 GiB.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 // Flag names as they appear in error messages. A derived default is named after the flag it
 // was copied from, so the user knows which flag to set to fix it.
@@ -130,6 +128,37 @@ pub struct ServeArgs {
     /// Raft log entries applied between two snapshots, after which older entries are purged.
     #[arg(long, env = "CORRAL_SNAPSHOT_COUNT", default_value_t = 10_000)]
     pub snapshot_count: u64,
+
+    /// Log entries kept behind a snapshot when the log is compacted, so a follower that lags
+    /// by fewer than this catches up from the log instead of a whole snapshot (etcd's flag).
+    #[arg(long, env = "CORRAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5_000)]
+    pub snapshot_catchup_entries: u64,
+
+    /// A member whose --name is not in --initial-cluster joins the running cluster as a
+    /// learner by itself (no `member add`): for a sidecar StatefulSet scaled beyond its
+    /// voters. Learners replicate everything and serve reads and watches locally.
+    #[arg(
+        long,
+        env = "CORRAL_AUTO_LEARNER",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub auto_learner: bool,
+
+    /// Space quota in bytes for the key-value store (keys, values, history, leases). Past it
+    /// a NOSPACE alarm is raised and writes fail with "etcdserver: mvcc: database space
+    /// exceeded" until space is freed (compact, delete) and the alarm is cleared
+    /// (`alarm disarm`). 0 means the default, 2 GiB (etcd's).
+    #[arg(
+        long,
+        env = "CORRAL_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        value_name = "BYTES"
+    )]
+    pub quota_backend_bytes: u64,
 
     /// How often an idle watcher that asked for progress notifications gets one
     /// (`500ms`, `30s`, `10m`; etcd's default is 10 minutes).
@@ -251,7 +280,8 @@ pub struct Config {
     /// Normalized peer URLs other members dial; equal (as a set) to this member's
     /// `initial_cluster` entry.
     pub advertise_peer_urls: Vec<String>,
-    /// The initial members in the order first named; contains this member.
+    /// The initial members in the order first named; contains this member unless it joins as
+    /// an automatic learner (see [`Config::joins`]).
     pub initial_cluster: Vec<InitialMember>,
     /// Bootstrap a new cluster or join an existing one.
     pub cluster_state: ClusterState,
@@ -265,6 +295,12 @@ pub struct Config {
     pub election_timeout_ms: u64,
     /// Applied entries between snapshots.
     pub snapshot_count: u64,
+    /// Log entries kept behind a snapshot when the log is purged.
+    pub snapshot_catchup_entries: u64,
+    /// Join the running cluster as a learner when not named in `initial_cluster`.
+    pub auto_learner: bool,
+    /// Space quota of the key-value store, bytes (never 0: the default is applied).
+    pub quota_backend_bytes: u64,
     /// Period of progress notifications to idle watchers that asked for them.
     pub watch_progress_notify_interval: std::time::Duration,
     /// Capacity of the watch hub's ring of applied batches.
@@ -476,12 +512,19 @@ impl ServeArgs {
                 peer_urls: advertise_peer_urls.clone(),
             }],
         };
-        let me = initial_cluster
-            .iter()
-            .find(|m| m.name == self.name)
-            .ok_or_else(|| ConfigError::NameNotInCluster {
+        let me = match initial_cluster.iter().find(|m| m.name == self.name) {
+            Some(me) => me.clone(),
+            // Not a founding member: it asks the running cluster to add it as a learner.
+            None if self.auto_learner => InitialMember {
                 name: self.name.clone(),
-            })?;
+                peer_urls: advertise_peer_urls.clone(),
+            },
+            None => {
+                return Err(ConfigError::NameNotInCluster {
+                    name: self.name.clone(),
+                })
+            }
+        };
         // Like etcd: the other members dial this one at its --initial-cluster URLs, so if they
         // differ from what it advertises, the cluster either never forms or records the wrong
         // address in its membership.
@@ -525,6 +568,12 @@ impl ServeArgs {
             heartbeat_ms: self.heartbeat_interval,
             election_timeout_ms: self.election_timeout,
             snapshot_count: self.snapshot_count,
+            snapshot_catchup_entries: self.snapshot_catchup_entries,
+            auto_learner: self.auto_learner,
+            quota_backend_bytes: match self.quota_backend_bytes {
+                0 => DEFAULT_QUOTA_BACKEND_BYTES,
+                n => n,
+            },
             watch_progress_notify_interval: self.watch_progress_notify_interval,
             watch_buffer: self.watch_buffer.max(1),
             min_session_timeout_ms: self.min_session_timeout,
@@ -541,6 +590,14 @@ impl ServeArgs {
 }
 
 impl Config {
+    /// Whether this member joins a running cluster instead of bootstrapping one: started with
+    /// `--initial-cluster-state existing`, or an automatic learner not named in
+    /// `--initial-cluster`.
+    pub fn joins(&self) -> bool {
+        self.cluster_state == ClusterState::Existing
+            || !self.initial_cluster.iter().any(|m| m.name == self.name)
+    }
+
     /// openraft's configuration for this member. The election timeout is randomized in
     /// `[election_timeout_ms, 2 × election_timeout_ms)` so that members rarely time out at the
     /// same moment and split the vote.
@@ -551,7 +608,7 @@ impl Config {
             election_timeout_min: self.election_timeout_ms,
             election_timeout_max: self.election_timeout_ms.saturating_mul(2),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_count),
-            max_in_snapshot_log_to_keep: MAX_IN_SNAPSHOT_LOG_TO_KEEP,
+            max_in_snapshot_log_to_keep: self.snapshot_catchup_entries,
             // openraft bounds each AppendEntries by the heartbeat interval; fewer entries per
             // message (each may batch up to a thousand commands) keep one within it.
             max_payload_entries: 32,
@@ -1005,6 +1062,14 @@ mod tests {
     }
 
     #[test]
+    fn quota_flag_sets_bytes_and_zero_means_the_default() {
+        let config = validate(&["--quota-backend-bytes=262144"]).expect("valid");
+        assert_eq!(config.quota_backend_bytes, 262_144);
+        let config = validate(&["--quota-backend-bytes=0"]).expect("valid");
+        assert_eq!(config.quota_backend_bytes, DEFAULT_QUOTA_BACKEND_BYTES);
+    }
+
+    #[test]
     fn every_flag_has_its_corral_env_var() {
         let cmd = Cli::command();
         let mut count = 0;
@@ -1021,7 +1086,7 @@ mod tests {
             );
             count += 1;
         }
-        assert_eq!(count, 19);
+        assert_eq!(count, 22);
     }
 
     #[test]
@@ -1047,6 +1112,7 @@ mod tests {
         assert_eq!(config.heartbeat_ms, 100);
         assert_eq!(config.election_timeout_ms, 1000);
         assert_eq!(config.snapshot_count, 10_000);
+        assert_eq!(config.quota_backend_bytes, 2 * 1024 * 1024 * 1024);
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(
             config.member_id,
@@ -1545,7 +1611,7 @@ mod tests {
             raft.snapshot_policy,
             openraft::SnapshotPolicy::LogsSinceLast(42)
         );
-        assert_eq!(raft.max_in_snapshot_log_to_keep, 1000);
+        assert_eq!(raft.max_in_snapshot_log_to_keep, 5000);
 
         // openraft's own checks still apply to a hand-built Config.
         let bad = Config {

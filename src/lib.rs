@@ -29,6 +29,8 @@
 //! - [`mod@bench`]: `corral bench`, a load generator over etcd's v3 API (so it drives etcd too)
 //!   and the znode API, reporting throughput and latency percentiles.
 //! - [`ops`]: the metrics/health HTTP endpoint.
+//! - [`metrics`]: one member's counters, gauges and per-method gRPC latency histograms (a
+//!   tower layer on the client port); held by its `RaftHandle`, rendered by [`ops`].
 //! - [`pb`]: generated protobuf code (etcd's packages and corral's peer protocol).
 //! - [`cli`]: the `corral` client commands — zkCli's verbs (`ls`, `create`, `get`, ...),
 //!   etcdctl's (`kv`, `lease`, `lock`, `elect`, `member`, `endpoint`, `snapshot`) and
@@ -43,6 +45,7 @@ pub mod cli;
 pub mod command;
 pub mod config;
 pub mod lease;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod ops;

@@ -25,8 +25,9 @@ use crate::api::watch::WatchService;
 use crate::api::znode::ZnodeService;
 use crate::api::{ApiContext, Ctx};
 use crate::command::Command;
-use crate::config::{member_id_for, ClusterState, Config};
+use crate::config::{member_id_for, Config};
 use crate::lease::clock::LeaseClock;
+use crate::metrics::GrpcMetricsLayer;
 use crate::pb::corral::peer::v1::peer_server::PeerServer;
 use crate::pb::corral::v1::barrier_server::BarrierServer;
 use crate::pb::corral::v1::sessions_server::SessionsServer;
@@ -39,6 +40,7 @@ use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::pb::v3electionpb::election_server::ElectionServer;
 use crate::pb::v3lockpb::lock_server::LockServer;
 use crate::raft::handle::RaftHandle;
+use crate::raft::membership::{Identity, Membership, MembershipRequest};
 use crate::raft::network::{Faults, Network, PeerClients};
 use crate::raft::service::PeerService;
 use crate::raft::state_machine::StateMachine;
@@ -119,7 +121,7 @@ fn request_timeout(cfg: &Config) -> Duration {
 }
 
 impl Node {
-    pub async fn start(cfg: Config, listeners: Listeners) -> anyhow::Result<Node> {
+    pub async fn start(mut cfg: Config, listeners: Listeners) -> anyhow::Result<Node> {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
         let log_store = LogStore::open(&cfg.data_dir.join("raft-log"))
@@ -139,6 +141,9 @@ impl Node {
 
         let faults = Faults::default();
         let clients = PeerClients::new(faults.clone(), cfg.peer_dial_map.clone());
+        let identity = resolve_identity(&cfg, &clients).await?;
+        cfg.member_id = identity.member_id;
+        cfg.cluster_id = identity.cluster_id;
         let network = Network {
             clients: clients.clone(),
         };
@@ -179,12 +184,20 @@ impl Node {
             Duration::from_millis(cfg.election_timeout_ms),
         );
 
+        let membership = Membership::new(
+            handle.clone(),
+            cfg.cluster_token.clone(),
+            cfg.cluster_id,
+            Duration::from_millis(cfg.election_timeout_ms),
+            timeout,
+        );
+
         // Peers first: the others' votes and appends must reach us as soon as we exist.
         let peer_addr = listeners.peer.local_addr()?;
         let peer_router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(
-                PeerServer::new(PeerService::new(handle.clone(), timeout))
+                PeerServer::new(PeerService::new(handle.clone(), membership.clone(), timeout))
                     .max_decoding_message_size(usize::MAX)
                     .max_encoding_message_size(usize::MAX),
             );
@@ -195,7 +208,14 @@ impl Node {
             shutdown_rx.clone(),
         )));
 
-        if cfg.cluster_state == ClusterState::New {
+        if cfg.joins() {
+            tokio::spawn(join(
+                handle.clone(),
+                membership.clone(),
+                cfg.clone(),
+                shutdown_rx.clone(),
+            ));
+        } else {
             bootstrap(&raft, &cfg).await?;
         }
 
@@ -203,6 +223,7 @@ impl Node {
             handle: handle.clone(),
             cluster_id: cfg.cluster_id,
             member_id: cfg.member_id,
+            membership,
         });
 
         let mut client_addrs = Vec::new();
@@ -249,6 +270,11 @@ impl Node {
             Duration::from_millis(500),
             shutdown_rx.clone(),
         ));
+        crate::raft::quota::start(
+            handle.clone(),
+            cfg.quota_backend_bytes,
+            shutdown_rx.clone(),
+        );
         tokio::spawn(publish_self(
             handle.clone(),
             cfg.advertise_client_urls.clone(),
@@ -286,11 +312,167 @@ impl Node {
         if let Err(e) = self.handle.raft().shutdown().await {
             tracing::warn!(%e, "raft shutdown");
         }
-        for server in self.servers {
-            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        for mut server in self.servers {
+            // A server still draining long-lived streams after the grace period is cut off, so
+            // nothing it holds (the store among it) outlives the member.
+            if tokio::time::timeout(Duration::from_secs(5), &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
         }
         if let Err(e) = self.handle.store().flush().await {
             tracing::error!(%e, "flushing the state machine at shutdown");
+        }
+    }
+}
+
+/// This member's id and its cluster's: kept in the data dir once known. A founding member
+/// derives both from its flags; a joining member asks the running cluster, which knows it by
+/// its peer URLs if `member add` added it; an automatic learner that is not known yet keeps
+/// the id its flags derive and asks to be added (see [`join`]).
+async fn resolve_identity(cfg: &Config, clients: &PeerClients) -> anyhow::Result<Identity> {
+    if let Some(identity) = Identity::load(&cfg.data_dir).context("reading member.json")? {
+        return Ok(identity);
+    }
+    let identity = if cfg.joins() {
+        ask_cluster_identity(cfg, clients).await?
+    } else {
+        Identity {
+            member_id: cfg.member_id,
+            cluster_id: cfg.cluster_id,
+        }
+    };
+    identity
+        .save(&cfg.data_dir)
+        .context("writing member.json")?;
+    Ok(identity)
+}
+
+/// How long a joining member keeps asking before it gives up (the cluster may be starting
+/// at the same time, as pods of a StatefulSet do).
+const JOIN_PATIENCE: Duration = Duration::from_secs(300);
+
+async fn ask_cluster_identity(cfg: &Config, clients: &PeerClients) -> anyhow::Result<Identity> {
+    let mut mine = cfg.advertise_peer_urls.clone();
+    mine.sort();
+    let urls: Vec<&String> = cfg
+        .initial_cluster
+        .iter()
+        .flat_map(|m| m.peer_urls.iter())
+        .filter(|u| !mine.contains(u))
+        .collect();
+    if urls.is_empty() {
+        anyhow::bail!(
+            "joining an existing cluster needs the peer URLs of its members in --initial-cluster"
+        );
+    }
+    let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
+    let mut last_error = String::new();
+    loop {
+        for url in &urls {
+            match clients
+                .membership_at(url, &MembershipRequest::Describe, Duration::from_secs(2))
+                .await
+            {
+                Ok(Ok(reply)) => {
+                    let known = reply.members.iter().find(|(_, m, _)| {
+                        let mut theirs = m.peer_urls.clone();
+                        theirs.sort();
+                        theirs == mine
+                    });
+                    let member_id = match known {
+                        Some((id, _, _)) => *id,
+                        None if cfg.auto_learner => cfg.member_id,
+                        None => anyhow::bail!(
+                            "member {} (peer URLs {}) is not in the cluster at {url}; add it \
+                             first with `corral member add --peer-urls ...`",
+                            cfg.name,
+                            mine.join(",")
+                        ),
+                    };
+                    tracing::info!(
+                        member_id = format!("{member_id:x}"),
+                        cluster_id = format!("{:x}", reply.cluster_id),
+                        "joining a running cluster"
+                    );
+                    return Ok(Identity {
+                        member_id,
+                        cluster_id: reply.cluster_id,
+                    });
+                }
+                Ok(Err(refusal)) => last_error = format!("{url}: {:?}", refusal),
+                Err(e) => last_error = format!("{url}: {e}"),
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("no member of the cluster answered: {last_error}");
+        }
+        tracing::info!(%last_error, "waiting for the cluster to answer");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A joining member asks the leader (through any member) to add it as a learner if it is not a
+/// member yet, and to record its name and client URLs; done once the membership shows its name.
+async fn join(
+    handle: RaftHandle,
+    membership: Membership,
+    cfg: Config,
+    mut stop: watch::Receiver<bool>,
+) {
+    let me = Member {
+        name: cfg.name.clone(),
+        peer_urls: cfg.advertise_peer_urls.clone(),
+        client_urls: cfg.advertise_client_urls.clone(),
+    };
+    let urls: Vec<String> = cfg
+        .initial_cluster
+        .iter()
+        .flat_map(|m| m.peer_urls.iter())
+        .filter(|u| !me.peer_urls.contains(u))
+        .cloned()
+        .collect();
+    let request = MembershipRequest::Join {
+        id: handle.id(),
+        member: me.clone(),
+    };
+    let mut next = 0;
+    loop {
+        let known = handle
+            .members()
+            .into_iter()
+            .any(|(id, m, _)| id == handle.id() && m.name == me.name);
+        if known {
+            return;
+        }
+        // Once this member has a leader it goes through it; before, through whichever peer
+        // from the flags answers (it forwards to its leader).
+        let result = if handle.leader().is_some() {
+            membership.execute(request.clone()).await
+        } else if let Some(url) = urls.get(next % urls.len().max(1)) {
+            next += 1;
+            match handle
+                .peer_clients()
+                .membership_at(url, &request, Duration::from_secs(5))
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(%e, "asking to join");
+                    Err(crate::raft::membership::MembershipRefusal::NotLeader(None))
+                }
+            }
+        } else {
+            return;
+        };
+        if let Err(refusal) = result {
+            tracing::info!(?refusal, "asking to join the cluster; will retry");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }
@@ -371,7 +553,7 @@ async fn client_router(
     ctx: &Ctx,
     hub: &WatchHub,
     cfg: &Config,
-) -> anyhow::Result<tonic::transport::server::Router> {
+) -> anyhow::Result<ClientRouter> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<KvServer<KvService>>().await;
     health
@@ -414,6 +596,7 @@ async fn client_router(
     let reflection_v1alpha = reflection_alpha.build_v1alpha()?;
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(GrpcMetricsLayer::new(ctx.handle.metrics().clone()))
         .add_service(
             KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(GRPC_MAX_MESSAGE),
         )
@@ -458,12 +641,29 @@ async fn client_router(
     Ok(router)
 }
 
-async fn serve_grpc(
+/// The client port's router: every call timed and counted per method (see
+/// [`GrpcMetricsLayer`]).
+type ClientRouter = tonic::transport::server::Router<
+    tower::layer::util::Stack<GrpcMetricsLayer, tower::layer::util::Identity>,
+>;
+
+async fn serve_grpc<L>(
     what: &'static str,
-    router: tonic::transport::server::Router,
+    router: tonic::transport::server::Router<L>,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    L: tower::Layer<tonic::service::Routes>,
+    L::Service: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
+        + Send
+        + 'static,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Error:
+        Into<tonic::codegen::StdError> + Send,
+{
     // tonic's `tcp_nodelay` only applies to listeners it binds itself; ours are bound by the
     // caller, so each accepted socket gets it here. Without it Nagle holds back the small
     // frames of a response until the client's delayed ACK (~40 ms per request).

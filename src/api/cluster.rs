@@ -1,9 +1,8 @@
-//! `etcdserverpb.Cluster`: the member list. Membership changes come with the operations
-//! milestone.
+//! `etcdserverpb.Cluster`: the member list and membership changes (through the leader, by
+//! openraft's joint consensus; see `raft::membership`).
 
 use tonic::{Request, Response, Status};
 
-use super::error::not_yet;
 use super::Ctx;
 use crate::pb::etcdserverpb::cluster_server::Cluster;
 use crate::pb::etcdserverpb::{
@@ -11,6 +10,8 @@ use crate::pb::etcdserverpb::{
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
+use crate::raft::membership::{MembershipReply, MembershipRequest};
+use crate::raft::types::{Member as RaftMember, NodeId};
 use crate::storage::state::member_attr_name;
 
 pub struct ClusterService {
@@ -22,22 +23,15 @@ impl ClusterService {
         ClusterService { ctx }
     }
 
-    /// Refuses ids that are not members with etcd's error; membership changes themselves come
-    /// with the operations milestone.
-    fn known_member(&self, id: u64, rpc: &str) -> Status {
-        if self.ctx.handle.members().iter().any(|(m, _, _)| *m == id) {
-            not_yet(rpc)
-        } else {
-            Status::not_found("etcdserver: member not found")
-        }
-    }
-
     /// Every member as etcd shows it: identity from the Raft membership, client URLs from what
     /// each member published.
     pub fn member_list(ctx: &Ctx) -> Vec<Member> {
+        Self::to_pb(ctx, ctx.handle.members())
+    }
+
+    fn to_pb(ctx: &Ctx, members: Vec<(NodeId, RaftMember, bool)>) -> Vec<Member> {
         let store = ctx.handle.store();
-        ctx.handle
-            .members()
+        members
             .into_iter()
             .map(|(id, m, is_learner)| {
                 let published: Option<Vec<String>> = store
@@ -55,29 +49,76 @@ impl ClusterService {
             })
             .collect()
     }
+
+    async fn change(&self, req: MembershipRequest) -> Result<MembershipReply, Status> {
+        self.ctx
+            .membership
+            .execute(req)
+            .await
+            .map_err(|r| r.into_status())
+    }
+
+    fn header(&self) -> Option<crate::pb::etcdserverpb::ResponseHeader> {
+        self.ctx.header(self.ctx.handle.store().revision())
+    }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _req: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(not_yet("MemberAdd"))
+        let req = req.into_inner();
+        let reply = self
+            .change(MembershipRequest::Add {
+                peer_urls: req.peer_ur_ls,
+                learner: req.is_learner,
+            })
+            .await?;
+        let members = Self::to_pb(&self.ctx, reply.members);
+        let member = members
+            .iter()
+            .find(|m| Some(m.id) == reply.added)
+            .cloned()
+            .ok_or_else(|| Status::internal("etcdserver: added member missing from the reply"))?;
+        Ok(Response::new(MemberAddResponse {
+            header: self.header(),
+            member: Some(member),
+            members,
+        }))
     }
 
     async fn member_remove(
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(self.known_member(req.get_ref().id, "MemberRemove"))
+        let reply = self
+            .change(MembershipRequest::Remove {
+                id: req.get_ref().id,
+            })
+            .await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.header(),
+            members: Self::to_pb(&self.ctx, reply.members),
+        }))
     }
 
     async fn member_update(
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(self.known_member(req.get_ref().id, "MemberUpdate"))
+        let req = req.into_inner();
+        let reply = self
+            .change(MembershipRequest::Update {
+                id: req.id,
+                peer_urls: req.peer_ur_ls,
+            })
+            .await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.header(),
+            members: Self::to_pb(&self.ctx, reply.members),
+        }))
     }
 
     async fn member_list(
@@ -92,7 +133,7 @@ impl Cluster for ClusterService {
                 .map_err(super::error::propose_status)?;
         }
         Ok(Response::new(MemberListResponse {
-            header: self.ctx.header(self.ctx.handle.store().revision()),
+            header: self.header(),
             members: Self::member_list(&self.ctx),
         }))
     }
@@ -101,6 +142,14 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(self.known_member(req.get_ref().id, "MemberPromote"))
+        let reply = self
+            .change(MembershipRequest::Promote {
+                id: req.get_ref().id,
+            })
+            .await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.header(),
+            members: Self::to_pb(&self.ctx, reply.members),
+        }))
     }
 }

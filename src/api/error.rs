@@ -12,6 +12,7 @@ pub fn mvcc_status(e: MvccError) -> Status {
             Code::OutOfRange
         }
         MvccError::LeaseNotFound => Code::NotFound,
+        MvccError::NoSpace => Code::ResourceExhausted,
         MvccError::LeaseExists => Code::FailedPrecondition,
         MvccError::KeyNotFound
         | MvccError::EmptyKey

@@ -11,6 +11,7 @@ use super::error::{mvcc_status, propose_status};
 use super::Ctx;
 use crate::command::{Command, CommandResult};
 use crate::lease::{self, MAX_LEASE_TTL};
+use crate::metrics::Held;
 use crate::mvcc::MvccError;
 use crate::pb::etcdserverpb::lease_server::Lease;
 use crate::pb::etcdserverpb::{
@@ -52,9 +53,11 @@ type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, 
 
 /// Serves a keep-alive stream (etcd leases and znode sessions alike): each request renews one
 /// lease on the leader's clock — never through Raft — and `answer` shapes the reply from the
-/// lease id and its renewed TTL (`None`: no such lease). A failure ends the stream.
+/// lease id and its renewed TTL (`None`: no such lease). A failure ends the stream. `open`
+/// counts the stream in a gauge until it ends.
 pub fn serve_keep_alives<Req, Resp>(
     ctx: Ctx,
+    open: Held,
     mut inbound: Streaming<Req>,
     id_of: fn(&Req) -> i64,
     answer: impl Fn(&Ctx, i64, Option<i64>) -> Resp + Send + 'static,
@@ -65,6 +68,7 @@ where
 {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
+        let _open = open;
         while let Some(Ok(r)) = inbound.next().await {
             let id = id_of(&r);
             let resp = match ctx.handle.lease(LeaseAsk::KeepAlive, id).await {
@@ -147,6 +151,7 @@ impl Lease for LeaseService {
     ) -> Result<Response<KeepAliveStream>, Status> {
         Ok(Response::new(serve_keep_alives(
             self.ctx.clone(),
+            self.ctx.handle.metrics().lease_keepalive_streams.hold(),
             req.into_inner(),
             |r: &LeaseKeepAliveRequest| r.id,
             // etcd answers an unknown (or expired) lease with TTL 0.

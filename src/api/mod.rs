@@ -28,6 +28,8 @@ pub struct ApiContext {
     pub handle: RaftHandle,
     pub cluster_id: u64,
     pub member_id: u64,
+    /// Membership changes and leader transfer (Cluster and Maintenance services).
+    pub membership: crate::raft::membership::Membership,
 }
 
 pub type Ctx = Arc<ApiContext>;

@@ -95,10 +95,11 @@ impl Sessions for SessionService {
                 CommandResult::Error(MvccError::LeaseExists) => continue,
                 CommandResult::Error(e) => return Err(mvcc_status(e)),
                 _ => {
+                    self.ctx.handle.metrics().sessions_opened.inc();
                     return Ok(Response::new(OpenSessionResponse {
                         session_id: id,
                         timeout_ms,
-                    }))
+                    }));
                 }
             }
         }
@@ -115,6 +116,7 @@ impl Sessions for SessionService {
     ) -> Result<Response<KeepAliveStream>, Status> {
         Ok(Response::new(serve_keep_alives(
             self.ctx.clone(),
+            self.ctx.handle.metrics().sessions_connected.hold(),
             req.into_inner(),
             |r: &KeepAliveRequest| r.session_id,
             |_, session_id, ttl| KeepAliveResponse {
@@ -138,7 +140,10 @@ impl Sessions for SessionService {
         {
             CommandResult::Error(MvccError::LeaseNotFound) => Err(session_expired(id)),
             CommandResult::Error(e) => Err(mvcc_status(e)),
-            _ => Ok(Response::new(CloseSessionResponse {})),
+            _ => {
+                self.ctx.handle.metrics().sessions_closed.inc();
+                Ok(Response::new(CloseSessionResponse {}))
+            }
         }
     }
 }

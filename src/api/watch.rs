@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Ctx;
+use crate::metrics::Held;
 use crate::mvcc::{self, KeySpan, MvccError, MAX_REQUEST_BYTES};
 use crate::pb::etcdserverpb::watch_create_request::FilterType;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
@@ -59,6 +60,7 @@ impl Watch for WatchService {
     ) -> Result<Response<WatchStream>, Status> {
         let (out, rx) = mpsc::channel(256);
         let session = Session {
+            _open: self.ctx.handle.metrics().watch_streams.hold(),
             ctx: self.ctx.clone(),
             out,
             watchers: BTreeMap::new(),
@@ -83,6 +85,9 @@ struct Watcher {
     fragment: bool,
     /// Something was sent since the last progress tick.
     active: bool,
+    /// Counts this watcher in the member's watcher gauge for as long as it exists, however it
+    /// ends (cancel, compaction, the stream going away).
+    _counted: Held,
 }
 
 impl Watcher {
@@ -111,6 +116,8 @@ impl Watcher {
 struct Gone;
 
 struct Session {
+    /// Counts the stream as open until its task ends.
+    _open: Held,
     ctx: Ctx,
     out: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
@@ -249,6 +256,7 @@ impl Session {
                 progress_notify: c.progress_notify,
                 fragment: c.fragment,
                 active: false,
+                _counted: self.ctx.handle.metrics().watchers.hold(),
             },
         );
         if start <= current {

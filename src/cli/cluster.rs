@@ -17,6 +17,7 @@ use crate::pb::etcdserverpb::{
     Member, MemberAddRequest, MemberListRequest, MemberRemoveRequest, RangeRequest,
     SnapshotRequest, StatusRequest, StatusResponse,
 };
+use crate::storage::backup;
 
 #[derive(Subcommand, Debug)]
 pub enum MemberCommand {
@@ -40,6 +41,10 @@ pub enum EndpointCommand {
 pub enum SnapshotCommand {
     /// Save a snapshot of the store from one endpoint to a file
     Save(SnapshotSaveArgs),
+    /// Seed a new member's data directory from a snapshot file (no server involved)
+    Restore(SnapshotRestoreArgs),
+    /// Hash, revision, record count and size of a snapshot file
+    Status(SnapshotStatusArgs),
 }
 
 #[derive(Args, Debug)]
@@ -83,6 +88,37 @@ pub struct EndpointArgs {
 #[derive(Args, Debug)]
 pub struct SnapshotSaveArgs {
     /// Where to write the snapshot (written beside it first, then renamed)
+    pub file: std::path::PathBuf,
+    #[command(flatten)]
+    pub g: EtcdGlobals,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotRestoreArgs {
+    /// The snapshot file (from `snapshot save`); its sha256 is checked first
+    pub file: std::path::PathBuf,
+    /// Data directory to create for the new member; must not exist or be empty
+    #[arg(long, default_value = "./corral.data")]
+    pub data_dir: std::path::PathBuf,
+    /// Name of the member the data directory is for (`corral serve --name`)
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Members of the new cluster, name=url,... (defaults to a cluster of this member alone)
+    #[arg(long, value_name = "NAME=URL,...")]
+    pub initial_cluster: Option<String>,
+    /// This member's peer URLs in the new cluster
+    #[arg(long, value_name = "URLS", default_value = "http://127.0.0.1:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Token of the new cluster
+    #[arg(long, default_value = "corral-cluster")]
+    pub initial_cluster_token: String,
+    #[command(flatten)]
+    pub g: EtcdGlobals,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotStatusArgs {
+    /// The snapshot file
     pub file: std::path::PathBuf,
     #[command(flatten)]
     pub g: EtcdGlobals,
@@ -437,7 +473,17 @@ pub async fn snapshot(
     c: SnapshotCommand,
     resolve: impl Fn(&EtcdGlobals) -> Result<Settings>,
 ) -> Result<()> {
-    let SnapshotCommand::Save(a) = c;
+    match c {
+        SnapshotCommand::Save(a) => snapshot_save(a, resolve).await,
+        SnapshotCommand::Restore(a) => snapshot_restore(&a, &resolve(&a.g)?),
+        SnapshotCommand::Status(a) => snapshot_status(&a, &resolve(&a.g)?),
+    }
+}
+
+async fn snapshot_save(
+    a: SnapshotSaveArgs,
+    resolve: impl Fn(&EtcdGlobals) -> Result<Settings>,
+) -> Result<()> {
     let settings = resolve(&a.g)?;
     // One endpoint, as etcdctl insists: a snapshot is of one member's store.
     if settings.endpoints.len() > 1 {
@@ -471,6 +517,14 @@ pub async fn snapshot(
         }
         file.sync_all()
             .map_err(|e| CliError::new(format!("syncing {}: {e}", part.display())))?;
+        // What is on disk must carry a valid digest before it replaces anything.
+        let saved = std::fs::read(&part)
+            .map_err(|e| CliError::new(format!("reading back {}: {e}", part.display())))?;
+        if !backup::digest_ok(&saved) {
+            return Err(CliError::new(format!(
+                "the snapshot stream ({total} bytes) does not end with a valid sha256"
+            )));
+        }
         std::fs::rename(&part, &a.file)
             .map_err(|e| CliError::new(format!("renaming to {}: {e}", a.file.display())))
     }
@@ -479,8 +533,127 @@ pub async fn snapshot(
         let _ = std::fs::remove_file(&part);
     }
     result?;
+    // A corral backup says what it holds; another server's (etcd's) is only checked.
+    let info = backup::read(&a.file).ok();
+    let revision = info.as_ref().map(|b| b.header.revision);
+    let hash = info.as_ref().and_then(|b| b.kv_hash().ok());
     match settings.format {
-        Format::Json => emit_json(&json!({"file": a.file.display().to_string(), "size": total})),
-        _ => emit(&format!("Snapshot saved at {}\n", a.file.display())),
+        Format::Json => emit_json(&json!({
+            "file": a.file.display().to_string(),
+            "size": total,
+            "revision": revision,
+            "hash": hash,
+        })),
+        _ => {
+            let mut line = format!("Snapshot saved at {}", a.file.display());
+            if let (Some(rev), Some(hash)) = (revision, hash) {
+                line.push_str(&format!(" (revision {rev}, hash {hash:x}, {total} bytes)"));
+            }
+            line.push('\n');
+            emit(&line)
+        }
     }
+}
+
+fn read_backup(file: &std::path::Path) -> Result<backup::Backup> {
+    backup::read(file).map_err(|e| CliError::new(format!("{}: {e}", file.display())))
+}
+
+/// etcdctl's `snapshot status`: HASH is the HashKV of the snapshot at its revision, so it
+/// can be compared with `Maintenance.HashKV` of a member at that revision.
+fn snapshot_status(a: &SnapshotStatusArgs, settings: &Settings) -> Result<()> {
+    let b = read_backup(&a.file)?;
+    let hash = b
+        .kv_hash()
+        .map_err(|e| CliError::new(format!("{}: {e}", a.file.display())))?;
+    let size = i64::try_from(b.size).unwrap_or(i64::MAX);
+    match settings.format {
+        Format::Json => emit_json(&json!({
+            "hash": hash,
+            "revision": b.header.revision,
+            "compact_revision": b.header.compacted,
+            "totalKey": b.header.records,
+            "totalSize": b.size,
+        })),
+        Format::Table => emit(&output::table(
+            &["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"],
+            &[vec![
+                format!("{hash:x}"),
+                b.header.revision.to_string(),
+                b.header.records.to_string(),
+                output::human_bytes(size),
+            ]],
+        )),
+        Format::Simple => emit(&format!(
+            "{hash:x}, {}, {}, {}\n",
+            b.header.revision,
+            b.header.records,
+            output::human_bytes(size)
+        )),
+    }
+}
+
+/// etcdutl's `snapshot restore`: checks the file, then seeds `--data-dir` with its data and
+/// no Raft state. `corral serve` with the same --name / --initial-cluster flags (and
+/// `--initial-cluster-state new`) then bootstraps a new cluster holding the data, and
+/// revisions continue from the snapshot's. Every member of the new cluster is restored from
+/// the same file, each with its own --name and --data-dir.
+fn snapshot_restore(a: &SnapshotRestoreArgs, settings: &Settings) -> Result<()> {
+    // The flags are `corral serve`'s: checked by the same rules now, so a mistake shows
+    // before anything is written rather than when the member starts.
+    let mut serve = vec![
+        "serve".to_string(),
+        format!("--name={}", a.name),
+        format!("--data-dir={}", a.data_dir.display()),
+        format!(
+            "--initial-advertise-peer-urls={}",
+            a.initial_advertise_peer_urls
+        ),
+        format!("--initial-cluster-token={}", a.initial_cluster_token),
+    ];
+    if let Some(c) = &a.initial_cluster {
+        serve.push(format!("--initial-cluster={c}"));
+    }
+    let cfg = parse_serve_flags(&serve)?;
+    let b = read_backup(&a.file)?;
+    let revision = b.header.revision;
+    backup::restore(b, &a.data_dir)
+        .map_err(|e| CliError::new(format!("restoring into {}: {e}", a.data_dir.display())))?;
+    match settings.format {
+        Format::Json => emit_json(&json!({
+            "data_dir": a.data_dir.display().to_string(),
+            "revision": revision,
+            "member_id": hex_id(cfg.member_id),
+            "cluster_id": hex_id(cfg.cluster_id),
+        })),
+        _ => emit(&format!(
+            "Restored {} (revision {revision}) into {}: member {} ({}) of cluster {}\n",
+            a.file.display(),
+            a.data_dir.display(),
+            a.name,
+            hex_id(cfg.member_id),
+            hex_id(cfg.cluster_id),
+        )),
+    }
+}
+
+/// Validates `corral serve` flags as `serve` would, ignoring `CORRAL_*` variables (these
+/// flags were given explicitly or defaulted here).
+fn parse_serve_flags(args: &[String]) -> Result<crate::config::Config> {
+    use clap::{CommandFactory, FromArgMatches, Parser};
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: crate::config::ServeArgs,
+    }
+    let matches = Serve::command()
+        .mut_args(|arg| arg.env(None))
+        .try_get_matches_from(args)
+        .map_err(|e| CliError::new(super::usage_line(&e)))?;
+    let serve =
+        Serve::from_arg_matches(&matches).map_err(|e| CliError::new(super::usage_line(&e)))?;
+    serve
+        .args
+        .validate()
+        .map_err(|e| CliError::new(e.to_string()))
 }

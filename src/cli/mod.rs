@@ -114,7 +114,7 @@ pub enum Command {
     /// Endpoint checks: status, health
     #[command(subcommand)]
     Endpoint(cluster::EndpointCommand),
-    /// Backups: save
+    /// Backups: save (from a member), restore (into a new data dir), status (of a file)
     #[command(subcommand)]
     Snapshot(cluster::SnapshotCommand),
     /// Interactive shell like zkCli: line editing, history, tab completion, one session

@@ -47,6 +47,11 @@ impl LeaseClock {
         );
     }
 
+    /// How many leases exist (applied), znode sessions included.
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
     /// A lease was revoked or expired (applied).
     pub fn revoked(&self, id: i64) {
         self.lock().remove(&id);

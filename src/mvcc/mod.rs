@@ -10,6 +10,7 @@
 //! sub-revision. Reads at a past revision work until that revision is compacted.
 
 pub mod backend;
+pub mod hash;
 pub mod keys;
 pub mod read;
 pub mod validate;
@@ -60,6 +61,9 @@ pub enum MvccError {
     InvalidSortOption,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
+    /// A write while a NOSPACE alarm is raised (the space quota was exceeded).
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     /// A write through the etcd API into the znode namespace's reserved keys.
     #[error("corral: keys under \"\\x00zk/\" belong to the znode namespace and are read-only through the etcd API")]
     ReservedKey,

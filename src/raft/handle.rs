@@ -22,6 +22,7 @@ use super::network::{ForwardRefusal, LeaseAsk, PeerClients, PeerError};
 use super::types::{Member, NodeId, Proposal, ProposalResult, Raft};
 use crate::command::{Command, CommandResult};
 use crate::lease::clock::LeaseClock;
+use crate::metrics::Metrics;
 use crate::pb::corral::peer::v1::LeaseAnswer;
 use crate::storage::state::StateStore;
 
@@ -75,6 +76,8 @@ pub struct RaftHandle {
     submitter: Submitter,
     store: Arc<StateStore>,
     queue: mpsc::Sender<Pending>,
+    /// This member's metrics; everything holding the handle counts into them.
+    metrics: Arc<Metrics>,
 }
 
 impl RaftHandle {
@@ -101,11 +104,21 @@ impl RaftHandle {
         };
         let (queue, rx) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
         tokio::spawn(batch_loop(submitter.clone(), rx));
+        let metrics = Metrics::new();
+        tokio::spawn(count_leader_changes(
+            submitter.raft.metrics(),
+            metrics.clone(),
+        ));
         RaftHandle {
             submitter,
             store,
             queue,
+            metrics,
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn id(&self) -> NodeId {
@@ -126,12 +139,27 @@ impl RaftHandle {
 
     /// Replicates `command` and returns its result once applied on this member.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, ProposeError> {
-        let (reply, rx) = oneshot::channel();
-        self.queue
-            .send(Pending { command, reply })
-            .await
-            .map_err(|_| ProposeError::Stopped)?;
-        rx.await.map_err(|_| ProposeError::Stopped)?
+        // A NOSPACE alarm refuses this at apply anyway; refusing it here saves the round.
+        if self.store.nospace() && command.needs_space() {
+            return Ok(CommandResult::Error(crate::mvcc::MvccError::NoSpace));
+        }
+        // Held across the await: a caller that gives up (drops this future) stops being
+        // pending too.
+        let _pending = self.metrics.proposals_pending.hold();
+        let result = async {
+            let (reply, rx) = oneshot::channel();
+            self.queue
+                .send(Pending { command, reply })
+                .await
+                .map_err(|_| ProposeError::Stopped)?;
+            rx.await.map_err(|_| ProposeError::Stopped)?
+        }
+        .await;
+        match &result {
+            Ok(_) => self.metrics.proposals_committed.inc(),
+            Err(_) => self.metrics.proposals_failed.inc(),
+        }
+        result
     }
 
     /// Returns once this member has applied everything committed before the call: reads
@@ -181,6 +209,28 @@ impl RaftHandle {
             .nodes()
             .map(|(id, node)| (*id, node.clone(), !voters.contains(id)))
             .collect()
+    }
+}
+
+/// Counts leader changes as etcd does (`etcd_server_leader_changes_seen_total`): each time the
+/// leader this member knows becomes a known leader different from the last one it saw (losing
+/// the leader and finding the same one again counts too). Ends when Raft shuts down.
+async fn count_leader_changes(
+    mut raft_metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
+    metrics: Arc<Metrics>,
+) {
+    let mut last = None;
+    loop {
+        let leader = raft_metrics.borrow_and_update().current_leader;
+        if leader != last {
+            if leader.is_some() {
+                metrics.leader_changes.inc();
+            }
+            last = leader;
+        }
+        if raft_metrics.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use super::membership::{MembershipRequest, MembershipResult};
 use super::types::{Member, NodeId, Proposal, ProposalResult, TypeConfig};
 use crate::pb::corral::peer::v1::peer_client::PeerClient;
 use crate::pb::corral::peer::v1::{
@@ -179,6 +180,54 @@ impl PeerClients {
             .map_err(|s| classify(peer, s))?;
         Ok(resp.into_inner())
     }
+}
+
+impl PeerClients {
+    /// Sends a membership request to a member.
+    pub async fn membership(
+        &self,
+        peer: NodeId,
+        member: &Member,
+        request: &MembershipRequest,
+        timeout: Duration,
+    ) -> Result<MembershipResult, PeerError> {
+        let client = self.client(peer, member)?;
+        membership_call(client, peer, request, timeout).await
+    }
+
+    /// Sends a membership request to a peer URL, before this member knows anyone's id (a
+    /// joining member asking who is in the cluster). A one-off connection.
+    pub async fn membership_at(
+        &self,
+        url: &str,
+        request: &MembershipRequest,
+        timeout: Duration,
+    ) -> Result<MembershipResult, PeerError> {
+        let channel = Endpoint::from_shared(url.to_string())
+            .map_err(|e| PeerError::Unreachable(0, format!("bad peer URL {url}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| PeerError::Unreachable(0, format!("{url}: {e}")))?;
+        let client = PeerClient::new(channel).max_decoding_message_size(usize::MAX);
+        membership_call(client, 0, request, timeout).await
+    }
+}
+
+async fn membership_call(
+    mut client: PeerClient<Channel>,
+    peer: NodeId,
+    request: &MembershipRequest,
+    timeout: Duration,
+) -> Result<MembershipResult, PeerError> {
+    let mut req = tonic::Request::new(encode(request)?);
+    req.set_timeout(timeout);
+    let resp = client
+        .membership(req)
+        .await
+        .map_err(|s| classify(peer, s))?;
+    decode(resp.get_ref())
 }
 
 /// Which lease question to ask the leader.

@@ -8,6 +8,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tonic::{Request, Response, Status};
 
 use super::handle::RaftHandle;
+use super::membership::{Membership, MembershipRequest};
 use super::network::{decode, encode, ForwardRefusal, LeaseAsk};
 use super::types::{Proposal, ProposalResult, Raft, TypeConfig};
 use crate::pb::corral::peer::v1::peer_server::Peer;
@@ -18,15 +19,17 @@ use crate::pb::corral::peer::v1::{
 pub struct PeerService {
     raft: Raft,
     handle: RaftHandle,
+    membership: Membership,
     /// Bound on a read-index quorum check, so a partitioned leader answers instead of hanging.
     read_index_timeout: Duration,
 }
 
 impl PeerService {
-    pub fn new(handle: RaftHandle, read_index_timeout: Duration) -> Self {
+    pub fn new(handle: RaftHandle, membership: Membership, read_index_timeout: Duration) -> Self {
         PeerService {
             raft: handle.raft().clone(),
             handle,
+            membership,
             read_index_timeout,
         }
     }
@@ -125,5 +128,11 @@ impl Peer for PeerService {
         Ok(Response::new(
             self.handle.lease_as_leader(LeaseAsk::TimeToLive, id).await,
         ))
+    }
+
+    async fn membership(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let request: MembershipRequest = decode(req.get_ref()).map_err(codec_status)?;
+        let result = self.membership.serve_peer(request).await;
+        Ok(Response::new(encode(&result).map_err(codec_status)?))
     }
 }

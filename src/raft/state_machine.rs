@@ -20,6 +20,7 @@ use super::types::{
 use crate::command::{Command, CommandResult};
 use crate::lease::{self, clock::LeaseClock};
 use crate::mvcc::{MvccError, Writer};
+use crate::pb::etcdserverpb::{AlarmMember, AlarmType};
 use crate::storage::state::{self as state_store, meta, StateStore};
 use crate::watch::WatchHub;
 
@@ -42,6 +43,48 @@ pub struct StateMachine {
     watch: WatchHub,
     /// Told about every lease granted or revoked, after it is committed.
     leases: Arc<LeaseClock>,
+    /// The raised alarms as applied so far (the store publishes them after each commit).
+    alarms: Alarms,
+}
+
+/// The applied alarm list. A NOSPACE alarm refuses writes that need space *at apply*, so
+/// every member refuses the same commands whatever its own disk usage.
+#[derive(Default)]
+struct Alarms {
+    list: Vec<AlarmMember>,
+    /// Changed by the batch being applied: the store publishes the list after the commit.
+    changed: bool,
+}
+
+impl Alarms {
+    fn nospace(&self) -> bool {
+        self.list
+            .iter()
+            .any(|a| a.alarm == AlarmType::Nospace as i32)
+    }
+
+    /// etcd's alarm store: raising returns the alarm (also if it was already raised);
+    /// clearing returns what it removed. `member_id` 0 clears the alarm of every member.
+    fn apply(&mut self, activate: bool, member_id: u64, alarm: i32) -> Vec<AlarmMember> {
+        if alarm == AlarmType::None as i32 {
+            return Vec::new();
+        }
+        if activate {
+            let raised = AlarmMember { member_id, alarm };
+            if !self.list.contains(&raised) {
+                self.list.push(raised);
+                self.list.sort_by_key(|a| (a.member_id, a.alarm));
+                self.changed = true;
+            }
+            return vec![raised];
+        }
+        let (cleared, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.list)
+            .into_iter()
+            .partition(|a| a.alarm == alarm && (member_id == 0 || a.member_id == member_id));
+        self.list = kept;
+        self.changed |= !cleared.is_empty();
+        cleared
+    }
 }
 
 /// A lease change to report to the clock once its batch is committed.
@@ -88,7 +131,12 @@ impl StateMachine {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
         };
+        let alarms = Alarms {
+            list: store.alarms(),
+            changed: false,
+        };
         Ok(StateMachine {
+            alarms,
             store,
             applied,
             membership,
@@ -110,7 +158,13 @@ fn apply_command<B: crate::mvcc::Backend>(
     w: &mut Writer<'_, B>,
     cmd: &Command,
     changes: &mut Vec<LeaseChange>,
+    alarms: &mut Alarms,
 ) -> Result<CommandResult, StorageError> {
+    // etcd's "capped" applier: while the space quota is exceeded, what could grow the store
+    // is refused; deletes and compaction still apply, so space can be freed.
+    if alarms.nospace() && cmd.needs_space() {
+        return Ok(CommandResult::Error(MvccError::NoSpace));
+    }
     let result = match cmd {
         Command::Put(r) => w.put(r).map(CommandResult::Put),
         Command::DeleteRange(r) => w.delete_range(r).map(CommandResult::DeleteRange),
@@ -137,6 +191,20 @@ fn apply_command<B: crate::mvcc::Backend>(
         }
         Command::ZnodeReap { paths, now_ms } => {
             crate::znode::ops::reap(w, paths, *now_ms).map(|_| CommandResult::Done)
+        }
+        Command::Alarm {
+            activate,
+            member_id,
+            alarm,
+        } => {
+            let affected = alarms.apply(*activate, *member_id, *alarm);
+            if alarms.changed {
+                w.view_mut().insert(
+                    state_store::meta_key(meta::ALARMS),
+                    state_store::encode_alarms(&alarms.list),
+                );
+            }
+            Ok(CommandResult::Alarms(affected))
         }
         Command::LeaseExpire { ids } => {
             for id in ids {
@@ -182,7 +250,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(Proposal { commands }) => {
                     let mut results = Vec::with_capacity(commands.len());
                     for cmd in &commands {
-                        results.push(apply_command(&mut writer, cmd, &mut lease_changes)?);
+                        results.push(apply_command(
+                            &mut writer,
+                            cmd,
+                            &mut lease_changes,
+                            &mut self.alarms,
+                        )?);
                     }
                     responses.push(ProposalResult {
                         results,
@@ -210,6 +283,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             )
             .map_err(sm_write_err)?;
         self.applied = Some(last);
+        if std::mem::take(&mut self.alarms.changed) {
+            self.store.publish_alarms(self.alarms.list.clone());
+        }
         for change in lease_changes {
             match change {
                 LeaseChange::Granted(id, ttl) => self.leases.granted(id, ttl),
@@ -248,6 +324,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.store.restore(records).map_err(sm_write_err)?;
         self.applied = snap_meta.last_log_id;
         self.membership = snap_meta.last_membership.clone();
+        self.alarms = Alarms {
+            list: self.store.alarms(),
+            changed: false,
+        };
         let stored = StoredSnapshot {
             meta: snap_meta.clone(),
             data,

@@ -3,5 +3,6 @@
 //! Each member has two sled databases under its data dir: `raft-log` (log entries and vote,
 //! flushed before openraft is told they are durable) and `state` (the state machine). Keeping
 //! them apart means a log flush carries only log bytes.
+pub mod backup;
 pub mod log_store;
 pub mod state;

@@ -9,10 +9,14 @@ use std::collections::BTreeMap;
 use std::io;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
+use crate::mvcc::hash::KvHasher;
+use crate::mvcc::keys::KV_SPACE;
+use crate::mvcc::read::resolve_revision;
 use crate::mvcc::{Backend, MvccError, INITIAL_REVISION};
+use crate::pb::etcdserverpb::{AlarmMember, AlarmType};
 
 /// Meta records live under this one-byte space, after every MVCC space.
 const META_SPACE: u8 = b'm';
@@ -23,6 +27,10 @@ pub mod meta {
     pub const COMPACTED: &[u8] = b"compacted";
     pub const APPLIED: &[u8] = b"applied";
     pub const MEMBERSHIP: &[u8] = b"membership";
+    /// The raised alarms, sorted (see [`super::encode_alarms`]).
+    pub const ALARMS: &[u8] = b"alarms";
+    /// Prefix of the per-member records (see [`super::member_attr_name`]).
+    pub const MEMBER_PREFIX: &[u8] = b"member/";
 }
 
 /// The meta record holding member `id`'s published client URLs.
@@ -52,6 +60,42 @@ pub struct StateStore {
     compaction_guard: RwLock<()>,
     /// Serializes commits with snapshot dumps, so a dump never holds half a batch.
     commit_lock: std::sync::Mutex<()>,
+    /// The applied alarm list, published after each commit that changes it.
+    alarms: RwLock<Vec<AlarmMember>>,
+    /// Whether `alarms` holds a NOSPACE alarm: checked on every proposal, so kept apart.
+    nospace: AtomicBool,
+    /// This member's `--quota-backend-bytes`.
+    quota_bytes: AtomicU64,
+    /// Space accounting (see [`StateStore::in_use_upper_bound`]).
+    space: SpaceCounter,
+}
+
+/// Bytes in use, measured by a scan, plus an upper bound on the growth since.
+#[derive(Default)]
+struct SpaceCounter {
+    /// Key and value bytes of every record at the last scan.
+    measured: AtomicU64,
+    /// Key and value bytes written by commits since the last scan started: removals and
+    /// overwrites are not subtracted, so `measured + written` never underestimates.
+    written: AtomicU64,
+    /// One scan at a time: two overlapping scans could each reset `written` and lose growth.
+    scan: Mutex<()>,
+}
+
+/// A consistent copy of every state-machine record, for a backup.
+pub struct Dump {
+    pub records: Vec<(Vec<u8>, Vec<u8>)>,
+    pub revision: i64,
+    pub compacted: i64,
+}
+
+/// The result of HashKV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvHash {
+    pub hash: u32,
+    /// The revision the hash covers (the requested one, or the current one for 0).
+    pub revision: i64,
+    pub compacted: i64,
 }
 
 /// Adapts a sled tree to MVCC's [`Backend`].
@@ -130,6 +174,10 @@ impl StateStore {
             compacted: AtomicI64::new(0),
             compaction_guard: RwLock::new(()),
             commit_lock: std::sync::Mutex::new(()),
+            alarms: RwLock::new(Vec::new()),
+            nospace: AtomicBool::new(false),
+            quota_bytes: AtomicU64::new(u64::MAX),
+            space: SpaceCounter::default(),
         };
         let rev = store
             .read_meta_i64(meta::REVISION)?
@@ -137,7 +185,51 @@ impl StateStore {
         let compacted = store.read_meta_i64(meta::COMPACTED)?.unwrap_or(0);
         store.revision.store(rev, Ordering::Release);
         store.compacted.store(compacted, Ordering::Release);
+        store.load_alarms()?;
+        // Nothing measured yet: the first check scans.
+        store.space.written.store(u64::MAX / 2, Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// Reads the stored alarm list into the published one.
+    fn load_alarms(&self) -> io::Result<()> {
+        let alarms = match self.read_meta(meta::ALARMS)? {
+            None => Vec::new(),
+            Some(bytes) => decode_alarms(&bytes)
+                .ok_or_else(|| io::Error::other("bad meta record \"alarms\""))?,
+        };
+        self.publish_alarms(alarms);
+        Ok(())
+    }
+
+    /// Publishes the applied alarm list (the state machine calls this after committing a
+    /// change to it).
+    pub fn publish_alarms(&self, alarms: Vec<AlarmMember>) {
+        let nospace = alarms.iter().any(|a| a.alarm == AlarmType::Nospace as i32);
+        *self.alarms.write().unwrap_or_else(|p| p.into_inner()) = alarms;
+        self.nospace.store(nospace, Ordering::Release);
+    }
+
+    /// The raised alarms, as last applied on this member.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.alarms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether a NOSPACE alarm is raised: writes that need space are refused.
+    pub fn nospace(&self) -> bool {
+        self.nospace.load(Ordering::Acquire)
+    }
+
+    pub fn set_quota_bytes(&self, bytes: u64) {
+        self.quota_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// This member's space quota (`--quota-backend-bytes`).
+    pub fn quota_bytes(&self) -> u64 {
+        self.quota_bytes.load(Ordering::Relaxed)
     }
 
     fn read_meta_i64(&self, name: &[u8]) -> io::Result<Option<i64>> {
@@ -200,15 +292,24 @@ impl StateStore {
     ) -> io::Result<()> {
         let removes = writes.values().any(Option::is_none);
         let mut batch = sled::Batch::default();
+        let mut written = 0usize;
         for (k, v) in writes {
             match v {
-                Some(v) => batch.insert(k, v),
+                Some(v) => {
+                    written += k.len() + v.len();
+                    batch.insert(k, v)
+                }
                 None => batch.remove(k),
             }
         }
         for (name, value) in meta {
+            written += name.len() + 1 + value.len();
             batch.insert(meta_key(name), value.clone());
         }
+        // Plus the revision and compaction records below.
+        self.space
+            .written
+            .fetch_add(written as u64 + 2 * 32, Ordering::Relaxed);
         batch.insert(meta_key(meta::REVISION), revision.to_be_bytes().to_vec());
         batch.insert(meta_key(meta::COMPACTED), compacted.to_be_bytes().to_vec());
         let _commit = self
@@ -235,17 +336,99 @@ impl StateStore {
     /// Every record of the state machine, for a snapshot. Excludes commits for its duration so
     /// the copy is consistent with the applied index stored inside it.
     pub fn dump(&self) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(self.dump_with_revision()?.records)
+    }
+
+    /// Like [`StateStore::dump`], with the revision and compaction floor the copy is at.
+    ///
+    /// Applies wait while the records are copied (sled has no point-in-time iterator, and
+    /// lease, meta and znode-counter records change in place). The copy is only the memcpy
+    /// of the tree: encoding and sending happen after the lock is released.
+    pub fn dump_with_revision(&self) -> io::Result<Dump> {
         let _commit = self
             .commit_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.tree
+        let records = self
+            .tree
             .iter()
             .map(|r| {
                 r.map(|(k, v)| (k.to_vec(), v.to_vec()))
                     .map_err(io::Error::other)
             })
-            .collect()
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Dump {
+            records,
+            revision: self.revision(),
+            compacted: self.compacted(),
+        })
+    }
+
+    /// etcd's HashKV: a crc32 over every stored key version with a revision up to `revision`
+    /// (0: the current revision). Runs on a read view, so compaction waits for it but other
+    /// applies do not: versions they add are above the view's revision and skipped.
+    pub fn hash_kv(&self, revision: i64) -> Result<KvHash, MvccError> {
+        let view = self.read_view();
+        let rev = resolve_revision(revision, view.revision, view.compacted)?;
+        let mut hasher = KvHasher::new(rev);
+        for r in self.tree.range(vec![KV_SPACE]..vec![KV_SPACE + 1]) {
+            let (k, v) = r.map_err(storage_err)?;
+            hasher.add(&k, &v)?;
+        }
+        Ok(KvHash {
+            hash: hasher.finish(),
+            revision: rev,
+            compacted: view.compacted,
+        })
+    }
+
+    /// etcd's Hash: a crc32 over every record of the state machine (meta records included,
+    /// so members agree only while they have applied exactly the same entries).
+    pub fn hash_all(&self) -> io::Result<(u32, i64)> {
+        let dump = self.dump_with_revision()?;
+        let mut crc = crc32fast::Hasher::new();
+        for (k, v) in &dump.records {
+            crc.update(&(k.len() as u64).to_be_bytes());
+            crc.update(k);
+            crc.update(&(v.len() as u64).to_be_bytes());
+            crc.update(v);
+        }
+        Ok((crc.finalize(), dump.revision))
+    }
+
+    /// Key and value bytes of every record now: the space in use, as the quota counts it.
+    /// A scan of the whole tree; the result also resets [`StateStore::in_use_upper_bound`].
+    pub fn measure_in_use(&self) -> io::Result<u64> {
+        let _scan = self.space.scan.lock().unwrap_or_else(|p| p.into_inner());
+        // Reset before scanning: writes during the scan are counted again afterwards, which
+        // keeps the bound an upper bound whether or not the scan saw them.
+        let before = self.space.written.swap(0, Ordering::Relaxed);
+        let mut total = 0u64;
+        for r in self.tree.iter() {
+            match r {
+                Ok((k, v)) => total += (k.len() + v.len()) as u64,
+                Err(e) => {
+                    self.space.written.fetch_add(before, Ordering::Relaxed);
+                    return Err(io::Error::other(e));
+                }
+            }
+        }
+        self.space.measured.store(total, Ordering::Relaxed);
+        Ok(total)
+    }
+
+    /// The last measured bytes in use.
+    pub fn in_use_measured(&self) -> u64 {
+        self.space.measured.load(Ordering::Relaxed)
+    }
+
+    /// A cheap bound the bytes in use are certainly below: the last scan plus everything
+    /// committed since. Lets the quota check skip the scan while far from the quota.
+    pub fn in_use_upper_bound(&self) -> u64 {
+        self.space
+            .measured
+            .load(Ordering::Relaxed)
+            .saturating_add(self.space.written.load(Ordering::Relaxed))
     }
 
     /// Replaces the whole state with a snapshot's records, durably.
@@ -271,6 +454,8 @@ impl StateStore {
         let compacted = self.read_meta_i64(meta::COMPACTED)?.unwrap_or(0);
         self.compacted.store(compacted, Ordering::Release);
         self.revision.store(rev, Ordering::Release);
+        self.load_alarms()?;
+        self.space.written.store(u64::MAX / 2, Ordering::Relaxed);
         Ok(())
     }
 
@@ -284,4 +469,31 @@ impl StateStore {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+}
+
+/// Encodes the alarm list for its meta record: member id (8 bytes) and alarm type (4 bytes),
+/// big endian, per alarm.
+pub fn encode_alarms(alarms: &[AlarmMember]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(alarms.len() * 12);
+    for a in alarms {
+        out.extend_from_slice(&a.member_id.to_be_bytes());
+        out.extend_from_slice(&a.alarm.to_be_bytes());
+    }
+    out
+}
+
+/// Decodes the alarm meta record; `None` if it is corrupt.
+pub fn decode_alarms(bytes: &[u8]) -> Option<Vec<AlarmMember>> {
+    if bytes.len() % 12 != 0 {
+        return None;
+    }
+    bytes
+        .chunks_exact(12)
+        .map(|c| {
+            Some(AlarmMember {
+                member_id: u64::from_be_bytes(c[..8].try_into().ok()?),
+                alarm: i32::from_be_bytes(c[8..].try_into().ok()?),
+            })
+        })
+        .collect()
 }

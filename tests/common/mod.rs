@@ -56,7 +56,28 @@ struct Slot {
 
 pub struct Cluster {
     slots: Vec<Slot>,
+    /// The founding members' `--initial-cluster`, for members that join later.
+    initial: String,
     _dir: TempDir,
+}
+
+/// Sockets reserved for a member that will join a running cluster (see [`Cluster::join`]).
+pub struct Reserved {
+    client: TcpListener,
+    peer: TcpListener,
+}
+
+impl Reserved {
+    pub async fn new() -> Reserved {
+        Reserved {
+            client: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+            peer: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        }
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://{}", self.peer.local_addr().expect("peer addr"))
+    }
 }
 
 /// Binds `addr`, retrying while a just-closed socket still holds it.
@@ -134,13 +155,75 @@ impl Cluster {
         for (slot, task) in slots.iter_mut().zip(starting) {
             slot.node = Some(task.await.expect("join").expect("node start"));
         }
-        let cluster = Cluster { slots, _dir: dir };
+        let cluster = Cluster {
+            slots,
+            initial,
+            _dir: dir,
+        };
         cluster.wait_leader().await;
         cluster
     }
 
     pub fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Starts a member named `name` on `reserved` that joins the running cluster. With
+    /// `listed`, it names itself in --initial-cluster next to the founders (etcd's way after a
+    /// `member add`); otherwise it is not listed and `extra` should carry `--auto-learner`.
+    /// Returns its index.
+    pub async fn join(
+        &mut self,
+        reserved: Reserved,
+        name: &str,
+        listed: bool,
+        extra: &[&str],
+    ) -> usize {
+        let (c, p) = (
+            reserved.client.local_addr().expect("addr"),
+            reserved.peer.local_addr().expect("addr"),
+        );
+        let initial = if listed {
+            format!("{},{name}=http://{p}", self.initial)
+        } else {
+            self.initial.clone()
+        };
+        let data = self._dir.path().join(name);
+        let base = [
+            "corral".to_string(),
+            format!("--name={name}"),
+            format!("--data-dir={}", data.display()),
+            format!("--listen-client-urls=http://{c}"),
+            format!("--advertise-client-urls=http://{c}"),
+            format!("--listen-peer-urls=http://{p}"),
+            format!("--initial-advertise-peer-urls=http://{p}"),
+            format!("--initial-cluster={initial}"),
+            "--listen-metrics-urls=".to_string(),
+            "--heartbeat-interval=50".to_string(),
+            "--election-timeout=500".to_string(),
+        ];
+        let args =
+            Args::try_parse_from(base.into_iter().chain(extra.iter().map(|s| s.to_string())))
+                .expect("args");
+        let mut cfg = args.serve.validate().expect("valid config");
+        let listeners = Listeners {
+            client: vec![reserved.client],
+            peer: reserved.peer,
+            metrics: None,
+        };
+        let node = Node::start(cfg.clone(), listeners)
+            .await
+            .expect("node start");
+        // A joining member learns its ids from the cluster.
+        cfg.member_id = node.id();
+        cfg.cluster_id = self.cluster_id();
+        self.slots.push(Slot {
+            cfg,
+            client: c,
+            peer: p,
+            node: Some(node),
+        });
+        self.slots.len() - 1
     }
 
     pub fn node(&self, i: usize) -> &Node {

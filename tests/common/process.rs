@@ -37,6 +37,8 @@ pub struct Member {
     initial_cluster: String,
     /// `--peer-dial-map` value: where this member dials each peer (the link proxies).
     dial_map: Option<String>,
+    /// More `corral serve` flags ([`ProcessCluster::start_with`]).
+    extra_args: Vec<String>,
 }
 
 impl Member {
@@ -76,6 +78,7 @@ impl Member {
         if let Some(map) = &self.dial_map {
             cmd.arg(format!("--peer-dial-map={map}"));
         }
+        cmd.args(&self.extra_args);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -173,16 +176,21 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// `n` members dialing each other directly.
     pub async fn start(n: usize) -> ProcessCluster {
-        Self::start_inner(n, false).await
+        Self::start_inner(n, false, &[]).await
     }
 
     /// `n` members whose peer links all go through proxies, so that
     /// [`ProcessCluster::set_links`] can partition them.
     pub async fn start_proxied(n: usize) -> ProcessCluster {
-        Self::start_inner(n, true).await
+        Self::start_inner(n, true, &[]).await
     }
 
-    async fn start_inner(n: usize, proxied: bool) -> ProcessCluster {
+    /// `n` members, proxied or not, each started with the `extra` `corral serve` flags too.
+    pub async fn start_with(n: usize, proxied: bool, extra: &[&str]) -> ProcessCluster {
+        Self::start_inner(n, proxied, extra).await
+    }
+
+    async fn start_inner(n: usize, proxied: bool, extra: &[&str]) -> ProcessCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial = ports
@@ -214,6 +222,7 @@ impl ProcessCluster {
                 child: None,
                 paused: false,
                 initial_cluster: initial.clone(),
+                extra_args: extra.iter().map(|a| a.to_string()).collect(),
                 dial_map: proxied.then(|| {
                     proxies[i]
                         .iter()

@@ -78,7 +78,7 @@ impl Recorder {
     }
 
     /// Counts an error by its message and returns the message.
-    fn count_error(&self, text: String) -> String {
+    pub fn count_error(&self, text: String) -> String {
         // Group messages that differ only in numbers (ports, ids).
         let group: String = text.chars().filter(|c| !c.is_ascii_digit()).collect();
         *self.errors.lock().unwrap().entry(group).or_default() += 1;
@@ -173,14 +173,14 @@ fn key_name(i: usize) -> String {
 }
 
 /// What became of a request that got an error.
-enum Failed {
+pub enum Failed {
     /// Refused before it could take effect (bad argument, no such lease, connection refused).
     NotApplied,
     /// It may have taken effect.
     Unknown,
 }
 
-fn classify(e: &etcd_client::Error) -> Failed {
+pub fn classify(e: &etcd_client::Error) -> Failed {
     match e {
         etcd_client::Error::GRpcStatus(s) => match s.code() {
             Code::InvalidArgument
@@ -202,14 +202,19 @@ fn classify(e: &etcd_client::Error) -> Failed {
     }
 }
 
-fn is_connect_failure(message: &str) -> bool {
+pub fn is_connect_failure(message: &str) -> bool {
     message.contains("tcp connect error") || message.contains("Connection refused")
 }
 
 pub async fn connect(endpoint: &str) -> Option<Client> {
+    connect_with(endpoint, OP_TIMEOUT).await
+}
+
+/// A client whose requests give up after `timeout` (a Lock call waits its turn longer).
+pub async fn connect_with(endpoint: &str, timeout: Duration) -> Option<Client> {
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_millis(500))
-        .with_timeout(OP_TIMEOUT);
+        .with_timeout(timeout);
     tokio::time::timeout(OP_TIMEOUT, Client::connect([endpoint], Some(options)))
         .await
         .ok()?

@@ -1,0 +1,517 @@
+//! Membership changes (etcd's MemberAdd / Promote / Remove / Update), members joining a
+//! running cluster, and leader transfer (MoveLeader).
+//!
+//! Every change runs on the leader through openraft's joint consensus; a member that gets a
+//! request while not leading forwards it over the peer `Membership` RPC. Requests and replies
+//! travel bincode-encoded, like the Raft messages.
+//!
+//! Member ids: founding members derive theirs from name and peer URLs (see
+//! [`crate::config::member_id_for`]); a member added by `MemberAdd` gets one from its peer
+//! URLs and the time of the add, and learns it when it starts by asking the cluster which
+//! member has its peer URLs (as etcd does with `--initial-cluster-state existing`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+use serde::{Deserialize, Serialize};
+use tonic::Code;
+
+use super::handle::RaftHandle;
+use super::types::{Member, NodeId};
+use crate::config::{canonical_advertise_url, member_id_for};
+
+/// A membership question or change, sent to the leader (or, for `Describe` and `TimeoutNow`,
+/// to any member).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MembershipRequest {
+    /// The members as this member sees them; answered locally. Joining members ask it.
+    Describe,
+    /// etcd's MemberAdd: a new member, voter or learner, known so far by its peer URLs.
+    Add {
+        peer_urls: Vec<String>,
+        learner: bool,
+    },
+    /// A starting member announces itself: added as a learner if it is not a member yet
+    /// (`--auto-learner`), and its name and client URLs recorded if the membership lacks them
+    /// (a member added by `MemberAdd` is known only by its peer URLs until it starts).
+    Join { id: NodeId, member: Member },
+    /// etcd's MemberPromote: learner → voter, once it has caught up.
+    Promote { id: NodeId },
+    /// etcd's MemberRemove.
+    Remove { id: NodeId },
+    /// etcd's MemberUpdate: new peer URLs for a member.
+    Update { id: NodeId, peer_urls: Vec<String> },
+    /// etcd's MoveLeader: hand leadership to `target`.
+    MoveLeader { target: NodeId },
+    /// To a leader-transfer target: campaign now, the leader has stopped its heartbeats.
+    TimeoutNow,
+}
+
+/// What a successful request returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembershipReply {
+    pub cluster_id: u64,
+    pub leader: Option<NodeId>,
+    /// (id, identity, is_learner) after the change.
+    pub members: Vec<(NodeId, Member, bool)>,
+    /// The id `Add` gave the new member.
+    pub added: Option<NodeId>,
+}
+
+/// Why a request was refused: a gRPC code and etcd's message, or "ask the leader".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MembershipRefusal {
+    NotLeader(Option<NodeId>),
+    Status { code: i32, message: String },
+}
+
+impl MembershipRefusal {
+    fn status(code: Code, message: impl Into<String>) -> Self {
+        MembershipRefusal::Status {
+            code: code as i32,
+            message: message.into(),
+        }
+    }
+
+    pub fn into_status(self) -> tonic::Status {
+        match self {
+            MembershipRefusal::NotLeader(_) => tonic::Status::unavailable("etcdserver: no leader"),
+            MembershipRefusal::Status { code, message } => {
+                tonic::Status::new(Code::from_i32(code), message)
+            }
+        }
+    }
+}
+
+pub type MembershipResult = Result<MembershipReply, MembershipRefusal>;
+
+// etcd's texts (clients and operators match on them).
+const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
+const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
+const NOT_A_LEARNER: &str = "etcdserver: can only promote a learner member";
+const LEARNER_NOT_READY: &str =
+    "etcdserver: can only promote a learner member which is in sync with leader";
+const BAD_TRANSFEREE: &str = "etcdserver: bad leader transferee";
+const TRANSFER_TIMEOUT: &str = "etcdserver: request timed out, leader transfer took too long";
+
+/// A learner is "in sync" (promotable) when it has replicated this share of the leader's log,
+/// etcd's rule.
+const LEARNER_READY_PERCENT: f64 = 0.9;
+
+/// Membership operations of one member.
+#[derive(Clone)]
+pub struct Membership {
+    handle: RaftHandle,
+    cluster_token: String,
+    cluster_id: u64,
+    election_timeout: Duration,
+    request_timeout: Duration,
+}
+
+impl Membership {
+    pub fn new(
+        handle: RaftHandle,
+        cluster_token: String,
+        cluster_id: u64,
+        election_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Self {
+        Membership {
+            handle,
+            cluster_token,
+            cluster_id,
+            election_timeout,
+            request_timeout,
+        }
+    }
+
+    fn reply(&self, added: Option<NodeId>) -> MembershipReply {
+        MembershipReply {
+            cluster_id: self.cluster_id,
+            leader: self.handle.leader(),
+            members: self.handle.members(),
+            added,
+        }
+    }
+
+    /// Runs `req` where it belongs: on the leader (forwarding to it from any other member,
+    /// following leader changes until the request timeout), or here for `Describe`.
+    pub async fn execute(&self, req: MembershipRequest) -> MembershipResult {
+        if matches!(req, MembershipRequest::Describe) {
+            return Ok(self.reply(None));
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let outcome = match self.handle.leader() {
+                Some(leader) if leader == self.handle.id() => self.as_leader(req.clone()).await,
+                Some(leader) => self.forward(leader, &req).await,
+                None => Err(MembershipRefusal::NotLeader(None)),
+            };
+            match outcome {
+                Err(MembershipRefusal::NotLeader(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn forward(&self, leader: NodeId, req: &MembershipRequest) -> MembershipResult {
+        let Some(member) = self
+            .handle
+            .members()
+            .into_iter()
+            .find(|(id, _, _)| *id == leader)
+            .map(|(_, m, _)| m)
+        else {
+            return Err(MembershipRefusal::NotLeader(None));
+        };
+        match self
+            .handle
+            .peer_clients()
+            .membership(leader, &member, req, self.request_timeout)
+            .await
+        {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::debug!(%e, "forwarding a membership request to the leader");
+                Err(MembershipRefusal::NotLeader(None))
+            }
+        }
+    }
+
+    /// Answers a request that arrived over the peer RPC.
+    pub async fn serve_peer(&self, req: MembershipRequest) -> MembershipResult {
+        match req {
+            MembershipRequest::Describe => Ok(self.reply(None)),
+            MembershipRequest::TimeoutNow => {
+                tokio::spawn(campaign(self.handle.clone(), self.election_timeout));
+                Ok(self.reply(None))
+            }
+            // Forwarded on to the leader from here: a joining member does not know the leader
+            // yet and asks whichever member its flags name.
+            other => self.execute(other).await,
+        }
+    }
+
+    async fn as_leader(&self, req: MembershipRequest) -> MembershipResult {
+        match req {
+            MembershipRequest::Describe | MembershipRequest::TimeoutNow => Ok(self.reply(None)),
+            MembershipRequest::Add { peer_urls, learner } => self.add(peer_urls, learner).await,
+            MembershipRequest::Join { id, member } => self.join(id, member).await,
+            MembershipRequest::Promote { id } => self.promote(id).await,
+            MembershipRequest::Remove { id } => self.remove(id).await,
+            MembershipRequest::Update { id, peer_urls } => self.update(id, peer_urls).await,
+            MembershipRequest::MoveLeader { target } => self.move_leader(target).await,
+        }
+    }
+
+    fn find(&self, id: NodeId) -> Result<(Member, bool), MembershipRefusal> {
+        self.handle
+            .members()
+            .into_iter()
+            .find(|(m, _, _)| *m == id)
+            .map(|(_, member, learner)| (member, learner))
+            .ok_or_else(|| MembershipRefusal::status(Code::NotFound, MEMBER_NOT_FOUND))
+    }
+
+    /// Normalizes URLs and refuses ones another member (other than `except`) already has.
+    fn check_urls(
+        &self,
+        peer_urls: &[String],
+        except: Option<NodeId>,
+    ) -> Result<Vec<String>, MembershipRefusal> {
+        if peer_urls.is_empty() {
+            return Err(MembershipRefusal::status(
+                Code::InvalidArgument,
+                "etcdserver: member must have at least one peer URL",
+            ));
+        }
+        let mut urls = Vec::with_capacity(peer_urls.len());
+        for url in peer_urls {
+            let canonical = canonical_advertise_url(url).map_err(|e| {
+                MembershipRefusal::status(
+                    Code::InvalidArgument,
+                    format!("etcdserver: invalid peer URL {url:?}: {e}"),
+                )
+            })?;
+            if !urls.contains(&canonical) {
+                urls.push(canonical);
+            }
+        }
+        let taken =
+            self.handle.members().into_iter().any(|(id, m, _)| {
+                Some(id) != except && m.peer_urls.iter().any(|u| urls.contains(u))
+            });
+        if taken {
+            return Err(MembershipRefusal::status(
+                Code::FailedPrecondition,
+                PEER_URL_EXISTS,
+            ));
+        }
+        Ok(urls)
+    }
+
+    async fn add(&self, peer_urls: Vec<String>, learner: bool) -> MembershipResult {
+        let urls = self.check_urls(&peer_urls, None)?;
+        // The add time keeps a member re-added at the same URLs from getting the id it had.
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let id = member_id_for(&self.cluster_token, &format!("\0added@{nanos}"), &urls);
+        let member = Member {
+            name: String::new(),
+            peer_urls: urls,
+            client_urls: Vec::new(),
+        };
+        let change = if learner {
+            ChangeMembers::AddNodes(BTreeMap::from([(id, member)]))
+        } else {
+            // A voter counts toward quorum from the moment the change commits, before it has
+            // even started: exactly etcd's MemberAdd.
+            ChangeMembers::AddVoters(BTreeMap::from([(id, member)]))
+        };
+        self.change(change).await?;
+        Ok(self.reply(Some(id)))
+    }
+
+    async fn join(&self, id: NodeId, member: Member) -> MembershipResult {
+        let urls = self.check_urls(&member.peer_urls, Some(id))?;
+        let member = Member {
+            peer_urls: urls,
+            ..member
+        };
+        match self.find(id) {
+            Err(_) => {
+                tracing::info!(id = format!("{id:x}"), name = %member.name, "adding a learner that asked to join");
+                self.change(ChangeMembers::AddNodes(BTreeMap::from([(id, member)])))
+                    .await?;
+            }
+            Ok((known, _)) if known.name.is_empty() && !member.name.is_empty() => {
+                // Only the name and client URLs are filled in; the peer URLs, which the
+                // others dial, stay what the add recorded.
+                let named = Member {
+                    name: member.name,
+                    peer_urls: known.peer_urls,
+                    client_urls: member.client_urls,
+                };
+                self.change(ChangeMembers::SetNodes(BTreeMap::from([(id, named)])))
+                    .await?;
+            }
+            Ok(_) => {}
+        }
+        Ok(self.reply(None))
+    }
+
+    async fn promote(&self, id: NodeId) -> MembershipResult {
+        let (_, learner) = self.find(id)?;
+        if !learner {
+            return Err(MembershipRefusal::status(
+                Code::FailedPrecondition,
+                NOT_A_LEARNER,
+            ));
+        }
+        let metrics = self.handle.raft().metrics().borrow().clone();
+        let leader_index = metrics.last_log_index.unwrap_or(0);
+        let matched = metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned().flatten())
+            .map_or(0, |l| l.index);
+        if (matched as f64) < (leader_index as f64) * LEARNER_READY_PERCENT {
+            return Err(MembershipRefusal::status(
+                Code::FailedPrecondition,
+                LEARNER_NOT_READY,
+            ));
+        }
+        self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+            .await?;
+        Ok(self.reply(None))
+    }
+
+    async fn remove(&self, id: NodeId) -> MembershipResult {
+        let (_, learner) = self.find(id)?;
+        if learner {
+            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+                .await?;
+            return Ok(self.reply(None));
+        }
+        let voters = self.handle.members().iter().filter(|(_, _, l)| !l).count();
+        if voters <= 1 {
+            return Err(MembershipRefusal::status(
+                Code::FailedPrecondition,
+                "etcdserver: cannot remove the last voting member",
+            ));
+        }
+        // `retain = false`: the removed voter leaves the membership altogether. A leader that
+        // removes itself steps down once the new configuration commits.
+        self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+            .await?;
+        Ok(self.reply(None))
+    }
+
+    async fn update(&self, id: NodeId, peer_urls: Vec<String>) -> MembershipResult {
+        let (known, _) = self.find(id)?;
+        let urls = self.check_urls(&peer_urls, Some(id))?;
+        let updated = Member {
+            peer_urls: urls,
+            ..known
+        };
+        self.change(ChangeMembers::SetNodes(BTreeMap::from([(id, updated)])))
+            .await?;
+        Ok(self.reply(None))
+    }
+
+    /// Commits one membership change, retrying while an earlier change is still in flight.
+    async fn change(&self, change: ChangeMembers<NodeId, Member>) -> Result<(), MembershipRefusal> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            match self
+                .handle
+                .raft()
+                .change_membership(change.clone(), false)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    return Err(MembershipRefusal::NotLeader(f.leader_id))
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    let in_progress =
+                        matches!(e, openraft::error::ChangeMembershipError::InProgress(_));
+                    if in_progress && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    return Err(MembershipRefusal::status(
+                        Code::FailedPrecondition,
+                        format!("etcdserver: membership change refused: {e}"),
+                    ));
+                }
+                Err(RaftError::Fatal(e)) => {
+                    return Err(MembershipRefusal::status(
+                        Code::Unavailable,
+                        format!("etcdserver: server stopped: {e}"),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Hands leadership to `target`: stop heartbeats so the followers' leader lease runs out,
+    /// tell the target to campaign, and wait until it leads. openraft 0.9 has no transfer
+    /// primitive; this is Raft's TimeoutNow done from outside.
+    async fn move_leader(&self, target: NodeId) -> MembershipResult {
+        let me = self.handle.id();
+        if target == me {
+            return Ok(self.reply(None));
+        }
+        let (member, learner) = self
+            .find(target)
+            .map_err(|_| MembershipRefusal::status(Code::FailedPrecondition, BAD_TRANSFEREE))?;
+        if learner {
+            return Err(MembershipRefusal::status(
+                Code::FailedPrecondition,
+                BAD_TRANSFEREE,
+            ));
+        }
+        let raft = self.handle.raft();
+        // Longer than the followers' lease (election timeout max = 2 × election timeout) plus
+        // a campaign.
+        let deadline = Instant::now() + self.election_timeout * 6;
+        raft.runtime_config().heartbeat(false);
+        let mut told = false;
+        let outcome = loop {
+            let leader = self.handle.leader();
+            if leader == Some(target) {
+                break Ok(());
+            }
+            if leader.is_some() && leader != Some(me) {
+                // Someone else won the race; the transfer did not happen as asked.
+                break Err(MembershipRefusal::status(
+                    Code::DeadlineExceeded,
+                    TRANSFER_TIMEOUT,
+                ));
+            }
+            if Instant::now() >= deadline {
+                break Err(MembershipRefusal::status(
+                    Code::DeadlineExceeded,
+                    TRANSFER_TIMEOUT,
+                ));
+            }
+            if !told {
+                match self
+                    .handle
+                    .peer_clients()
+                    .membership(
+                        target,
+                        &member,
+                        &MembershipRequest::TimeoutNow,
+                        self.request_timeout,
+                    )
+                    .await
+                {
+                    Ok(_) => told = true,
+                    Err(e) => tracing::debug!(%e, "asking the transferee to campaign"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        raft.runtime_config().heartbeat(true);
+        outcome.map(|()| self.reply(None))
+    }
+}
+
+/// The transferee's side of MoveLeader: call elections until this member leads, a leader
+/// other than the old one appears, or time runs out. The early calls are refused by members
+/// still inside the old leader's lease; each refusal costs only a term.
+async fn campaign(handle: RaftHandle, election_timeout: Duration) {
+    let old = handle.leader();
+    let deadline = Instant::now() + election_timeout * 6;
+    while Instant::now() < deadline {
+        let leader = handle.leader();
+        if leader == Some(handle.id()) || (leader.is_some() && leader != old) {
+            return;
+        }
+        if let Err(e) = handle.raft().trigger().elect().await {
+            tracing::warn!(%e, "campaigning for a leader transfer");
+            return;
+        }
+        tokio::time::sleep(election_timeout / 2).await;
+    }
+}
+
+/// The identity a member keeps across restarts once it has one: a joining member learns its
+/// id from the cluster only once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub member_id: NodeId,
+    pub cluster_id: u64,
+}
+
+const IDENTITY_FILE: &str = "member.json";
+
+impl Identity {
+    pub fn load(data_dir: &Path) -> anyhow::Result<Option<Identity>> {
+        match std::fs::read(data_dir.join(IDENTITY_FILE)) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes the identity durably (temp file, fsync, rename, fsync of the directory).
+    pub fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+        use std::io::Write;
+        let tmp = data_dir.join(format!("{IDENTITY_FILE}.tmp"));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&serde_json::to_vec(self)?)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, data_dir.join(IDENTITY_FILE))?;
+        std::fs::File::open(data_dir)?.sync_all()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,359 @@
+//! Membership changes through etcd's Cluster API with a real etcd client: a learner added
+//! after the log was compacted catches up from a snapshot, is promoted, an old member is
+//! removed, and the cluster serves writes throughout; automatic learners; member update,
+//! leader transfer, removing the leader, and etcd's errors.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, Cluster, Reserved};
+use etcd_client::{GetOptions, MemberAddOptions, WatchOptions};
+use tonic::Code;
+
+fn status(e: etcd_client::Error) -> tonic::Status {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s,
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
+
+/// A client writing `w-<n>` keys one after the other until stopped; returns the keys whose
+/// puts were acknowledged and the number of failed attempts.
+fn spawn_writer(
+    endpoints: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<String>, usize)> {
+    tokio::spawn(async move {
+        let mut client = etcd_client::Client::connect(endpoints, None)
+            .await
+            .expect("writer connects");
+        let (mut acked, mut failed) = (Vec::new(), 0);
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let key = format!("w-{n:06}");
+            n += 1;
+            match client.put(key.clone(), "v", None).await {
+                Ok(_) => acked.push(key),
+                Err(_) => failed += 1,
+            }
+        }
+        (acked, failed)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn learner_catches_up_from_a_snapshot_is_promoted_and_an_old_member_removed() {
+    let mut cluster =
+        Cluster::start_with(3, &["--snapshot-count=50", "--snapshot-catchup-entries=10"]).await;
+    let leader = cluster.wait_leader().await;
+    let mut client = cluster.client(leader).await;
+    for i in 0..300 {
+        client
+            .put(format!("pre-{i:04}"), "x".repeat(64), None)
+            .await
+            .expect("put");
+    }
+    // The leader has compacted its log: a member added now cannot be replicated from index 1.
+    let purged = eventually("the leader purged its log", Duration::from_secs(20), || {
+        let m = cluster
+            .node(leader)
+            .handle
+            .raft()
+            .metrics()
+            .borrow()
+            .clone();
+        let purged = m.purged.map_or(0, |l| l.index);
+        async move { (purged > 10).then_some(purged) }
+    })
+    .await;
+
+    // The founding follower removed at the end; the writer uses the two that stay.
+    let old = (0..3).find(|&i| i != leader).expect("a follower");
+    let stop = Arc::new(AtomicBool::new(false));
+    let staying: Vec<String> = (0..3)
+        .filter(|&i| i != old)
+        .map(|i| cluster.endpoint(i))
+        .collect();
+    let writer = spawn_writer(staying, stop.clone());
+
+    let reserved = Reserved::new().await;
+    let added = client
+        .member_add(
+            [reserved.peer_url()],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .expect("member add");
+    let new_id = added.member().expect("added member").id();
+    assert!(added.member().unwrap().is_learner());
+    assert_eq!(
+        added.member().unwrap().name(),
+        "",
+        "unnamed until it starts"
+    );
+    assert_eq!(added.member_list().len(), 4);
+
+    let new = cluster
+        .join(reserved, "m3", true, &["--initial-cluster-state=existing"])
+        .await;
+    assert_eq!(cluster.node(new).id(), new_id, "the joiner found its id");
+
+    // Caught up: it has everything the leader had before the add, which it can only have
+    // received as a snapshot.
+    let target = cluster.node(leader).handle.store().revision();
+    cluster.wait_revision(new, target).await;
+    let snapshot = cluster
+        .node(new)
+        .handle
+        .raft()
+        .metrics()
+        .borrow()
+        .snapshot
+        .map_or(0, |l| l.index);
+    assert!(
+        snapshot >= purged,
+        "the learner installed a snapshot covering the purged log (snapshot {snapshot}, purged {purged})"
+    );
+    let mut on_new = cluster.client(new).await;
+    let got = on_new
+        .get(
+            "pre-",
+            Some(GetOptions::new().with_prefix().with_serializable()),
+        )
+        .await
+        .expect("serializable get on the learner");
+    assert_eq!(got.count(), 300);
+
+    // Named once it started.
+    eventually(
+        "the new member's name in the list",
+        Duration::from_secs(20),
+        || {
+            let mut c = client.clone();
+            async move {
+                let list = c.member_list().await.ok()?;
+                list.members()
+                    .iter()
+                    .any(|m| m.id() == new_id && m.name() == "m3" && !m.client_urls().is_empty())
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Promote (retrying until the learner counts as in sync), then remove a founding follower.
+    eventually("promotion", Duration::from_secs(20), || {
+        let mut c = client.clone();
+        async move {
+            match c.member_promote(new_id).await {
+                Ok(_) => Some(()),
+                Err(e) => {
+                    let s = status(e);
+                    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+                    None
+                }
+            }
+        }
+    })
+    .await;
+    let old_id = cluster.member_id(old);
+    let after = client.member_remove(old_id).await.expect("member remove");
+    assert_eq!(after.members().len(), 3);
+    assert!(after.members().iter().all(|m| !m.is_learner()));
+    assert!(!after.members().iter().any(|m| m.id() == old_id));
+    cluster.stop(old).await;
+
+    // More writes with the new voter counted in the quorum.
+    for i in 0..50 {
+        client
+            .put(format!("post-{i:04}"), "y", None)
+            .await
+            .expect("put after the change");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = writer.await.expect("writer");
+    assert!(
+        acked.len() > 10,
+        "the writer made progress: {} acks",
+        acked.len()
+    );
+    assert_eq!(failed, 0, "no write failed while membership changed");
+
+    // Every acknowledged write is on the new member, read linearizably there.
+    let remaining: Vec<usize> = (0..4).filter(|&i| i != old).collect();
+    let final_rev = cluster.node(leader).handle.store().revision();
+    for &i in &remaining {
+        cluster.wait_revision(i, final_rev).await;
+    }
+    let all = on_new
+        .get("w-", Some(GetOptions::new().with_prefix().with_keys_only()))
+        .await
+        .expect("linearizable get on the new member");
+    let present: std::collections::HashSet<String> = all
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap().to_string())
+        .collect();
+    for key in &acked {
+        assert!(present.contains(key), "acknowledged {key} is missing");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_not_in_the_initial_cluster_joins_as_a_learner_by_itself() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader().await;
+    let mut client = cluster.client(leader).await;
+    client.put("before", "1", None).await.expect("put");
+
+    let learner = cluster
+        .join(
+            Reserved::new().await,
+            "sidecar-4",
+            false,
+            &["--auto-learner"],
+        )
+        .await;
+    let id = cluster.node(learner).id();
+    eventually(
+        "the learner in the member list",
+        Duration::from_secs(20),
+        || {
+            let mut c = client.clone();
+            async move {
+                let list = c.member_list().await.ok()?;
+                list.members()
+                    .iter()
+                    .any(|m| m.id() == id && m.is_learner() && m.name() == "sidecar-4")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Serves serializable reads and watches from its own copy.
+    let mut local = cluster.client(learner).await;
+    let mut events = local
+        .watch("after", Some(WatchOptions::new()))
+        .await
+        .expect("watch on the learner");
+    client.put("after", "2", None).await.expect("put");
+    let value = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let resp = events
+                .message()
+                .await
+                .expect("watch stream")
+                .expect("a response");
+            if let Some(event) = resp.events().first() {
+                return event.kv().expect("kv").value().to_vec();
+            }
+        }
+    })
+    .await
+    .expect("watch event in time");
+    assert_eq!(value, b"2");
+    let got = local
+        .get("before", Some(GetOptions::new().with_serializable()))
+        .await
+        .expect("serializable get");
+    assert_eq!(got.kvs()[0].value(), b"1");
+    // Writes through the learner reach the leader.
+    local
+        .put("via-learner", "3", None)
+        .await
+        .expect("put via learner");
+    let got = client.get("via-learner", None).await.expect("get");
+    assert_eq!(got.kvs()[0].value(), b"3");
+
+    // Restarted, it keeps its id and stays a learner.
+    drop(events);
+    drop(local);
+    cluster.stop(learner).await;
+    cluster.restart(learner).await;
+    assert_eq!(cluster.node(learner).id(), id);
+    let voters = client
+        .member_list()
+        .await
+        .expect("list")
+        .members()
+        .iter()
+        .filter(|m| !m.is_learner())
+        .count();
+    assert_eq!(voters, 3);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn update_transfer_remove_leader_and_errors() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader().await;
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    // Through a follower: changes are forwarded to the leader.
+    let mut client = cluster.client(follower).await;
+
+    // etcd's errors, and nothing changes.
+    let taken = format!("http://{}", cluster.node(leader).peer_addr);
+    let e = status(client.member_add([taken.as_str()], None).await.unwrap_err());
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(e.message(), "etcdserver: Peer URLs already exists");
+    let e = status(client.member_remove(42).await.unwrap_err());
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::NotFound, "etcdserver: member not found")
+    );
+    let e = status(
+        client
+            .member_promote(cluster.member_id(leader))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.message(), "etcdserver: can only promote a learner member");
+    let e = status(client.member_add(["http://:0"], None).await.unwrap_err());
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = status(client.move_leader(42).await.unwrap_err());
+    assert_eq!(e.message(), "etcdserver: bad leader transferee");
+    assert_eq!(client.member_list().await.unwrap().members().len(), 3);
+
+    // Update the peer URLs of a learner that never started, then remove it.
+    let added = client
+        .member_add(
+            ["http://127.0.0.1:1"],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .expect("add");
+    let id = added.member().unwrap().id();
+    let updated = client
+        .member_update(id, vec!["http://127.0.0.1:2".to_string()])
+        .await
+        .expect("update");
+    let m = updated.members().iter().find(|m| m.id() == id).unwrap();
+    assert_eq!(m.peer_urls(), ["http://127.0.0.1:2"]);
+    let removed = client.member_remove(id).await.expect("remove learner");
+    assert_eq!(removed.members().len(), 3);
+
+    // Leader transfer to a chosen follower.
+    let target = (0..3).find(|&i| i != leader && i != follower).unwrap();
+    client
+        .move_leader(cluster.member_id(target))
+        .await
+        .expect("move leader");
+    assert_eq!(cluster.wait_leader().await, target);
+
+    // Removing the leader: another member leads and writes go on.
+    let removed = client
+        .member_remove(cluster.member_id(target))
+        .await
+        .expect("remove the leader");
+    assert_eq!(removed.members().len(), 2);
+    cluster.stop(target).await;
+    let new_leader = cluster.wait_leader_among(&[leader, follower]).await;
+    assert_ne!(new_leader, target);
+    client.put("after-removal", "ok", None).await.expect("put");
+    cluster.shutdown().await;
+}
