@@ -89,7 +89,10 @@ mod tests {
     fn order_and_membership_matter() {
         let a2 = (version_key(b"a", 2), live(b"x"));
         let b2 = (version_key(b"b", 2), live(b"x"));
-        assert_ne!(hash(std::slice::from_ref(&a2), 2), hash(&[a2.clone(), b2.clone()], 2));
+        assert_ne!(
+            hash(std::slice::from_ref(&a2), 2),
+            hash(&[a2.clone(), b2.clone()], 2)
+        );
         assert_ne!(hash(&[a2.clone(), b2.clone()], 2), hash(&[b2, a2], 2));
     }
 
