@@ -199,6 +199,10 @@ impl Fixture {
         format!("127.0.0.1:{}", self.cluster.members[0].client_port)
     }
 
+    fn peer(&self) -> String {
+        format!("127.0.0.1:{}", self.cluster.members[0].peer_port)
+    }
+
     fn run(&self, args: &[&str]) -> Out {
         run_with(&self.ep(), args, "", self.home.path())
     }
@@ -674,16 +678,74 @@ async fn lock_elect_member_endpoint_and_snapshot() {
     let j = f.run(&["member", "list", "-w", "json"]).json();
     assert_eq!(j["members"][0]["name"], "p0");
     assert_eq!(j["members"][0]["id"], fields[0]);
-    // Not implemented server-side yet: reported in one line, exit code 1.
-    let add = f.run(&["member", "add", "p9", "--peer-urls", "http://127.0.0.1:9"]);
-    assert_eq!(
-        add.one_line_error(),
-        "Error: corral: MemberAdd is not implemented yet"
+    // add (a learner: a voter that never starts would take the quorum of a one-member
+    // cluster with it, as in etcd), promote refused until it has caught up, update, remove.
+    let add = f.run(&[
+        "member",
+        "add",
+        "p9",
+        "--learner",
+        "--peer-urls",
+        "http://127.0.0.1:9",
+    ]);
+    let out = add.ok();
+    assert!(out.starts_with("Member "), "{out}");
+    assert!(out.contains("CORRAL_NAME=\"p9\""), "{out}");
+    assert!(
+        out.contains(&format!("CORRAL_INITIAL_CLUSTER=\"p0=http://{}", f.peer())),
+        "{out}"
     );
-    let rm = f.run(&["member", "remove", fields[0]]);
+    assert!(out.contains(",p9=http://127.0.0.1:9\""), "{out}");
+    assert!(
+        out.contains("CORRAL_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{out}"
+    );
+    let new_id = out.split_whitespace().nth(1).unwrap().to_string();
+    let j = f.run(&["member", "list", "-w", "json"]).json();
+    let added = j["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == new_id.as_str())
+        .expect("the added member is listed")
+        .clone();
+    assert_eq!(added["is_learner"], true);
+    assert_eq!(added["name"], "");
+    assert!(f.run(&["member", "list"]).ok().contains("unstarted"));
     assert_eq!(
-        rm.one_line_error(),
-        "Error: corral: MemberRemove is not implemented yet"
+        f.run(&["member", "promote", &new_id]).one_line_error(),
+        "Error: etcdserver: can only promote a learner member which is in sync with leader"
+    );
+    let up = f.run(&[
+        "member",
+        "update",
+        &new_id,
+        "--peer-urls",
+        "http://127.0.0.1:10",
+    ]);
+    assert!(
+        up.ok().starts_with(&format!("Member {new_id} updated")),
+        "{up:?}"
+    );
+    assert!(f
+        .run(&["member", "list"])
+        .ok()
+        .contains("http://127.0.0.1:10"));
+    let rm = f.run(&["member", "remove", &new_id]);
+    assert!(
+        rm.ok().starts_with(&format!("Member {new_id} removed")),
+        "{rm:?}"
+    );
+    assert_eq!(
+        f.run(&["member", "list", "-w", "json"]).json()["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        f.run(&["member", "promote", fields[0]]).one_line_error(),
+        "Error: etcdserver: can only promote a learner member"
     );
     assert_eq!(
         f.run(&["member", "remove", "abc"]).one_line_error(),

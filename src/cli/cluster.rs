@@ -14,8 +14,8 @@ use crate::pb::etcdserverpb::cluster_client::ClusterClient;
 use crate::pb::etcdserverpb::kv_client::KvClient;
 use crate::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use crate::pb::etcdserverpb::{
-    Member, MemberAddRequest, MemberListRequest, MemberRemoveRequest, RangeRequest,
-    SnapshotRequest, StatusRequest, StatusResponse,
+    Member, MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
+    MemberUpdateRequest, RangeRequest, SnapshotRequest, StatusRequest, StatusResponse,
 };
 use crate::storage::backup;
 
@@ -27,6 +27,10 @@ pub enum MemberCommand {
     Add(MemberAddArgs),
     /// Remove a member by its (hex) id
     Remove(MemberRemoveArgs),
+    /// Promote a learner that has caught up to a voting member
+    Promote(MemberRemoveArgs),
+    /// Change a member's peer URLs
+    Update(MemberUpdateArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -63,6 +67,18 @@ pub struct MemberAddArgs {
     /// Add it as a learner (non-voting)
     #[arg(long)]
     pub learner: bool,
+    #[command(flatten)]
+    pub g: EtcdGlobals,
+}
+
+#[derive(Args, Debug)]
+pub struct MemberUpdateArgs {
+    /// Member id (hex, as `member list` prints it)
+    #[arg(value_parser = parse_member_id)]
+    pub id: u64,
+    /// Its new peer URLs, comma-separated
+    #[arg(long, value_delimiter = ',', required = true, value_name = "URLS")]
+    pub peer_urls: Vec<String>,
     #[command(flatten)]
     pub g: EtcdGlobals,
 }
@@ -132,7 +148,13 @@ fn parse_member_id(s: &str) -> Result<u64, String> {
 fn member_row(m: &Member) -> Vec<String> {
     vec![
         hex_id(m.id),
-        "started".to_string(),
+        // etcd's rule: a member has started once it has published its name.
+        if m.name.is_empty() {
+            "unstarted"
+        } else {
+            "started"
+        }
+        .to_string(),
         m.name.clone(),
         m.peer_ur_ls.join(","),
         m.client_ur_ls.join(","),
@@ -215,11 +237,31 @@ pub async fn member(
                     "member": r.member.as_ref().map(member_json),
                     "members": r.members.iter().map(member_json).collect::<Vec<_>>(),
                 })),
-                _ => emit(&format!(
-                    "Member {} added to cluster {}\n",
-                    hex_id(id),
-                    hex_id(r.header.as_ref().map_or(0, |h| h.cluster_id))
-                )),
+                _ => {
+                    // Like etcdctl: the settings the new member starts with.
+                    let mut initial: Vec<String> = Vec::new();
+                    for m in &r.members {
+                        let name = if m.id == id { a.name.as_str() } else { &m.name };
+                        if name.is_empty() {
+                            continue;
+                        }
+                        for url in &m.peer_ur_ls {
+                            initial.push(format!("{name}={url}"));
+                        }
+                    }
+                    emit(&format!(
+                        "Member {} added to cluster {}\n\n\
+                         CORRAL_NAME=\"{}\"\n\
+                         CORRAL_INITIAL_CLUSTER=\"{}\"\n\
+                         CORRAL_INITIAL_ADVERTISE_PEER_URLS=\"{}\"\n\
+                         CORRAL_INITIAL_CLUSTER_STATE=\"existing\"\n",
+                        hex_id(id),
+                        hex_id(r.header.as_ref().map_or(0, |h| h.cluster_id)),
+                        a.name,
+                        initial.join(","),
+                        a.peer_urls.join(","),
+                    ))
+                }
             }
         }
         MemberCommand::Remove(a) => {
@@ -239,6 +281,56 @@ pub async fn member(
                 })),
                 _ => emit(&format!(
                     "Member {} removed from cluster {}\n",
+                    hex_id(a.id),
+                    hex_id(r.header.as_ref().map_or(0, |h| h.cluster_id))
+                )),
+            }
+        }
+        MemberCommand::Promote(a) => {
+            let settings = resolve(&a.g)?;
+            let r = bounded(&settings, async {
+                let conn = Conn::connect(&settings).await?;
+                Ok(ClusterClient::new(conn.channel)
+                    .member_promote(MemberPromoteRequest { id: a.id })
+                    .await?
+                    .into_inner())
+            })
+            .await?;
+            match settings.format {
+                Format::Json => emit_json(&json!({
+                    "header": output::header_json(r.header.as_ref()),
+                    "members": r.members.iter().map(member_json).collect::<Vec<_>>(),
+                })),
+                _ => emit(&format!(
+                    "Member {} promoted in cluster {}\n",
+                    hex_id(a.id),
+                    hex_id(r.header.as_ref().map_or(0, |h| h.cluster_id))
+                )),
+            }
+        }
+        MemberCommand::Update(a) => {
+            let settings = resolve(&a.g)?;
+            for u in &a.peer_urls {
+                conn::normalize(u)?;
+            }
+            let r = bounded(&settings, async {
+                let conn = Conn::connect(&settings).await?;
+                Ok(ClusterClient::new(conn.channel)
+                    .member_update(MemberUpdateRequest {
+                        id: a.id,
+                        peer_ur_ls: a.peer_urls.clone(),
+                    })
+                    .await?
+                    .into_inner())
+            })
+            .await?;
+            match settings.format {
+                Format::Json => emit_json(&json!({
+                    "header": output::header_json(r.header.as_ref()),
+                    "members": r.members.iter().map(member_json).collect::<Vec<_>>(),
+                })),
+                _ => emit(&format!(
+                    "Member {} updated in cluster {}\n",
                     hex_id(a.id),
                     hex_id(r.header.as_ref().map_or(0, |h| h.cluster_id))
                 )),
