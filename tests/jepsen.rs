@@ -1,27 +1,29 @@
 //! Jepsen-style fault testing against real `corral serve` processes: concurrent clients record
-//! histories of gets, puts, deletes and compare-and-sets (plus leases and watches) while a
-//! nemesis kills (-9), pauses (SIGSTOP) and partitions members; afterwards every member is
-//! killed and restarted, everything is read back, and [`corral::checker`] must find every key
-//! linearizable, revisions monotonic, watch streams exact, acknowledged writes present and
-//! expired lease keys gone.
+//! histories of gets, puts, deletes and compare-and-sets (plus leases, watches, a lock with
+//! fenced writes, and znode sessions with ephemerals) while a nemesis kills (-9), pauses
+//! (SIGSTOP) and partitions members; afterwards every member is killed and restarted,
+//! everything is read back, and [`corral::checker`] must find every key linearizable,
+//! revisions monotonic, watch streams exact, acknowledged writes present, expired lease keys
+//! gone, lock holders (fencing tokens) never overlapping, and ephemerals of ended sessions
+//! never seen again.
 //!
 //! Partitions are real cuts of peer traffic: every directed peer link runs through a TCP proxy
 //! in this process (`--peer-dial-map`), which the nemesis black-holes.
 //!
-//! The short schedules here run in `make test` (about 20 s each); `make jepsen DURATION=5m`
+//! The short schedules here run in `make test` (about 30 s each); `make jepsen DURATION=5m`
 //! runs the long ones (ignored here, every fault) and any failing run is saved under
 //! `target/jepsen/` — recording, report, member logs — for `make jepsen-replay RECORDING=...`.
 //! `JEPSEN_SEED` replays a fault schedule (timing still varies).
-//!
-//! Until the bug `restarted_leader_does_not_serve_stale_linearizable_reads` reproduces is
-//! fixed, the short schedules steer around it (see `Scenario::avoid_restored_leader_bug`); the
-//! long ones don't.
 
 mod common;
+#[path = "jepsen/locks.rs"]
+mod locks;
 #[path = "jepsen/nemesis.rs"]
 mod nemesis;
 #[path = "jepsen/run.rs"]
 mod run;
+#[path = "jepsen/sessions.rs"]
+mod sessions;
 #[path = "jepsen/watcher.rs"]
 mod watcher;
 #[path = "jepsen/workload.rs"]
@@ -43,8 +45,9 @@ const ALL_FAULTS: [Fault; 8] = [
     Fault::Bridge,
 ];
 
-/// Three members: kill -9 (the leader, twice per round, or anyone) and SIGSTOP (the leader or
-/// anyone), one fault at a time, held 1–3 s.
+/// Three members: kill -9 (the leader, or anyone), kill -9 and immediate restart of the leader
+/// (it comes back leading the same term), and SIGSTOP (the leader or anyone), one fault at a
+/// time, held 1–3 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_members_crashes_and_pauses() {
     run::run(Scenario {
@@ -56,10 +59,11 @@ async fn three_members_crashes_and_pauses() {
             Fault::KillLeader,
             Fault::KillRandom,
             Fault::PauseLeader,
-            Fault::KillLeader,
+            Fault::RestartLeader,
             Fault::PauseRandom,
         ],
-        avoid_restored_leader_bug: true,
+        lockers: 3,
+        session_clients: 1,
     })
     .await;
 }
@@ -79,7 +83,8 @@ async fn five_members_partitions() {
             Fault::Bridge,
             Fault::KillLeader,
         ],
-        avoid_restored_leader_bug: true,
+        lockers: 3,
+        session_clients: 1,
     })
     .await;
 }
@@ -93,7 +98,8 @@ async fn long_three_members_all_faults() {
         clients: 5,
         duration: duration_from_env(Duration::from_secs(60)),
         faults: ALL_FAULTS.to_vec(),
-        avoid_restored_leader_bug: false,
+        lockers: 3,
+        session_clients: 2,
     })
     .await;
 }
@@ -107,7 +113,8 @@ async fn long_five_members_all_faults() {
         clients: 6,
         duration: duration_from_env(Duration::from_secs(60)),
         faults: ALL_FAULTS.to_vec(),
-        avoid_restored_leader_bug: false,
+        lockers: 3,
+        session_clients: 2,
     })
     .await;
 }

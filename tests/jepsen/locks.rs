@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::Code;
 
-use super::workload::{classify, connect, connect_with, Failed, Recorder, OP_TIMEOUT};
+use super::workload::{classify, connect, connect_with, describe, Failed, Recorder, OP_TIMEOUT};
 
 /// The lock's name; its keys are `LOCK_NAME/<lease hex>`.
 pub const LOCK_NAME: &str = "jepsen/lock";
@@ -68,6 +68,7 @@ impl Keeper {
                     let endpoint = &endpoints[member % endpoints.len()];
                     member += 1;
                     let Some(mut client) = connect(endpoint).await else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     };
                     // The first keep-alive is sent and answered inside `lease_keep_alive`
@@ -77,7 +78,10 @@ impl Keeper {
                     let (mut keeper, mut stream) = match opened.await {
                         Ok(Ok(pair)) => pair,
                         Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => return,
-                        _ => continue,
+                        _ => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
                     };
                     renewals.lock().unwrap().push(Renewal {
                         sent,
@@ -222,7 +226,7 @@ impl Locker {
                     token: resp.header().map_or(-1, |h| h.revision()),
                 },
                 Some(Ok(Err(e))) => {
-                    let why = self.recorder.count_error(format!("lock: {e}"));
+                    let why = self.recorder.count_error(format!("lock: {}", describe(&e)));
                     match classify(&e) {
                         Failed::NotApplied => Acquired::Refused { why },
                         Failed::Unknown => Acquired::Unknown { why },
@@ -310,7 +314,8 @@ impl Locker {
                 succeeded: r.succeeded(),
             },
             Ok(Err(e)) => {
-                self.recorder.count_error(format!("guarded write: {e}"));
+                self.recorder
+                    .count_error(format!("guarded write: {}", describe(&e)));
                 WriteOutcome::Unknown
             }
             Err(_) => {
@@ -356,7 +361,8 @@ impl Locker {
                     break;
                 }
                 Ok(Err(e)) => {
-                    self.recorder.count_error(format!("unlock: {e}"));
+                    self.recorder
+                        .count_error(format!("unlock: {}", describe(&e)));
                     maybe_applied |= matches!(classify(&e), Failed::Unknown);
                 }
                 Err(_) => {

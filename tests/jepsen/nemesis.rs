@@ -109,21 +109,6 @@ pub async fn inject(cluster: &mut ProcessCluster, fault: Fault, rng: &mut StdRng
     }
 }
 
-/// Waits (a few seconds at most) until the members still running have a leader, so that a
-/// killed one comes back as a follower.
-pub async fn wait_for_failover(cluster: &ProcessCluster) {
-    let killed = (0..cluster.len()).any(|i| cluster.members[i].child.is_none());
-    if !killed {
-        return;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while cluster.leader().await.is_none() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-}
-
 /// Undoes every fault: links restored, paused members continued, killed ones restarted.
 pub fn heal(cluster: &mut ProcessCluster, proxied: bool) {
     if proxied {

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use corral::checker::ephemeral::{self, EphemeralHistory};
+use corral::checker::lock::{self, Acquired, Hold, LockLog, WriteOutcome};
 use corral::checker::{
     self, watch as wcheck, Call, KeyState, Op, Outcome, Reply, Report, WatchEvent,
 };
@@ -17,7 +19,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::locks::{self, Locker};
 use super::nemesis::{self, Fault};
+use super::sessions::{self, SessionWorker};
 use super::watcher::{self, Watcher};
 use super::workload::{self, KeyPool, Recorder, Worker, LEASE_PREFIX, PREFIX};
 use crate::common::eventually;
@@ -32,12 +36,10 @@ pub struct Scenario {
     pub duration: Duration,
     /// Faults, taken in turn (shuffled) by the nemesis.
     pub faults: Vec<Fault>,
-    /// Steer around the bug `restarted_leader_does_not_serve_stale_linearizable_reads`
-    /// reproduces (a killed leader restarted before anyone else took over serves stale
-    /// reads): restart a killed member only once the others have a leader, and after every
-    /// member restarted get one write acknowledged before the final reads. For the short
-    /// schedules of `make test` until that bug is fixed; then remove this field.
-    pub avoid_restored_leader_bug: bool,
+    /// Clients contending for the lock.
+    pub lockers: u32,
+    /// Clients opening znode sessions with ephemerals.
+    pub session_clients: u32,
 }
 
 /// Everything a run recorded: saved as JSON when a check fails, and checked again by
@@ -61,6 +63,15 @@ pub struct Recording {
     /// Which member each session talked to (by index: member `p<i>`).
     #[serde(default)]
     pub session_members: BTreeMap<u32, usize>,
+    /// Every attempt to take the lock, with its guarded writes.
+    #[serde(default)]
+    pub holds: Vec<Hold>,
+    /// Znode sessions, their ephemerals, and reads of those.
+    #[serde(default)]
+    pub ephemerals: EphemeralHistory,
+    /// The store keys of every ephemeral: written once, deleted for good.
+    #[serde(default)]
+    pub ephemeral_keys: Vec<String>,
 }
 
 /// Every check over a recording.
@@ -84,7 +95,72 @@ pub fn check(rec: &Recording) -> Report {
         &rec.log,
         &rec.final_state,
     ));
+    report.problems.extend(lock::check_locks(
+        &rec.holds,
+        Some(LockLog {
+            events: &rec.log,
+            lock_prefix: locks::LOCK_PREFIX,
+            resource: locks::RESOURCE,
+        }),
+    ));
     report
+        .problems
+        .extend(ephemeral::check_ephemerals(&rec.ephemerals));
+    report.problems.extend(wcheck::check_never_reappear(
+        &rec.ephemeral_keys,
+        &rec.log,
+        &rec.final_state,
+    ));
+    report
+}
+
+/// The store key of a znode, as the event log spells it.
+fn znode_key(path: &str) -> String {
+    String::from_utf8_lossy(&corral::znode::key(path)).into_owned()
+}
+
+/// Lock and session figures for the summary line.
+fn lock_summary(rec: &Recording) -> String {
+    let held = rec.holds.iter().filter(|h| h.token().is_some()).count();
+    let unknown = rec
+        .holds
+        .iter()
+        .filter(|h| matches!(h.acquire.outcome, Acquired::Unknown { .. }))
+        .count();
+    let writes: Vec<_> = rec.holds.iter().flat_map(|h| &h.writes).collect();
+    let fenced = writes
+        .iter()
+        .filter(|w| {
+            matches!(
+                w.outcome,
+                WriteOutcome::Ok {
+                    succeeded: false,
+                    ..
+                }
+            )
+        })
+        .count();
+    let sessions = &rec.ephemerals.sessions;
+    let abandoned = sessions
+        .iter()
+        .filter(|s| matches!(s.end, ephemeral::SessionEnd::Abandoned { .. }))
+        .count();
+    let gone = rec
+        .ephemerals
+        .reads
+        .iter()
+        .filter(|r| r.found.is_none())
+        .count();
+    format!(
+        "lock: {} attempts, {held} held, {unknown} unknown, {} guarded writes ({fenced} \
+         refused by the fence); sessions: {} ({abandoned} abandoned), {} ephemerals, {} reads \
+         ({gone} absent)",
+        rec.holds.len(),
+        writes.len(),
+        sessions.len(),
+        rec.ephemeral_keys.len(),
+        rec.ephemerals.reads.len(),
+    )
 }
 
 fn seed() -> u64 {
@@ -127,12 +203,16 @@ pub async fn run(s: Scenario) {
         ),
     );
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut cluster = if proxied {
-        ProcessCluster::start_proxied(s.members).await
-    } else {
-        ProcessCluster::start(s.members).await
-    };
+    // Sessions as short as the lock leases, so that many expire during a run.
+    let session_flag = format!("--min-session-timeout={}", sessions::SESSION_TIMEOUT_MS);
+    let mut cluster = ProcessCluster::start_with(s.members, proxied, &[&session_flag]).await;
     let endpoints: Vec<String> = cluster.members.iter().map(|m| m.endpoint()).collect();
+    eventually(
+        "the ephemerals' parent znode",
+        Duration::from_secs(30),
+        || sessions::create_dir(&endpoints[0]),
+    )
+    .await;
 
     log(start, "phase: clients, watchers and nemesis");
     let recorder = Recorder::new();
@@ -155,6 +235,32 @@ pub async fn run(s: Scenario) {
         seed,
     );
     workers.push(tokio::spawn(lease_worker.run_leases(lease_keys.clone())));
+    let holds: Arc<Mutex<Vec<Hold>>> = Arc::default();
+    for i in 0..s.lockers {
+        let id = 100 + i;
+        let l = Locker::new(
+            id,
+            endpoints.clone(),
+            recorder.clone(),
+            stop.clone(),
+            seed,
+            holds.clone(),
+        );
+        workers.push(tokio::spawn(l.run()));
+    }
+    let eph_history: Arc<Mutex<EphemeralHistory>> = Arc::default();
+    for i in 0..s.session_clients {
+        let id = 200 + i;
+        let w = SessionWorker::new(
+            id,
+            endpoints.clone(),
+            recorder.clone(),
+            stop.clone(),
+            seed,
+            eph_history.clone(),
+        );
+        workers.push(tokio::spawn(w.run()));
+    }
 
     let mut nemesis_log = Vec::new();
     let mut note = |what: String| {
@@ -173,9 +279,6 @@ pub async fn run(s: Scenario) {
             let what = nemesis::inject(&mut cluster, fault, &mut rng).await;
             note(what);
             tokio::time::sleep(nemesis::hold_time(&mut rng)).await;
-            if s.avoid_restored_leader_bug {
-                nemesis::wait_for_failover(&cluster).await;
-            }
             nemesis::heal(&mut cluster, proxied);
             note("heal".into());
         }
@@ -198,17 +301,6 @@ pub async fn run(s: Scenario) {
     }
     note("restart all".into());
     cluster.wait_leader().await;
-    if s.avoid_restored_leader_bug {
-        eventually(
-            "a write acknowledged after the restart",
-            Duration::from_secs(30),
-            || async {
-                let mut c = workload::connect(&endpoints[0]).await?;
-                c.put("jepsen-barrier", "", None).await.ok()
-            },
-        )
-        .await;
-    }
 
     log(start, "phase: final reads on every member");
     let keys: BTreeSet<String> = recorder.history().into_iter().map(|op| op.key).collect();
@@ -264,14 +356,32 @@ pub async fn run(s: Scenario) {
         }
     }
 
-    log(start, "phase: every lease expires");
+    // Every ephemeral on every member, right after the restart: none of an ended session.
+    let mut eph_history = std::mem::take(&mut *eph_history.lock().unwrap());
+    let paths: Vec<String> = eph_history
+        .sessions
+        .iter()
+        .flat_map(|s| s.ephemerals.iter().map(|c| c.path.clone()))
+        .collect();
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let reads = eventually(
+            &format!("the ephemerals on p{i}"),
+            Duration::from_secs(30),
+            || sessions::read_all(endpoint, i, 10_000 + i as u32, &paths, &recorder),
+        )
+        .await;
+        eph_history.reads.extend(reads);
+    }
+
+    log(start, "phase: every lease and session expires");
     // Not a hard deadline: keys still there after it are reported by the checks below.
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             if let Some(mut c) = workload::connect(&endpoints[0]).await {
                 let options = GetOptions::new().with_prefix().with_count_only();
                 if let Ok(r) = c.get(LEASE_PREFIX, Some(options)).await {
-                    if r.count() == 0 {
+                    let left = sessions::count_left(&endpoints[0]).await;
+                    if r.count() == 0 && left == Some(0) {
                         return;
                     }
                 }
@@ -357,8 +467,18 @@ pub async fn run(s: Scenario) {
         lease_keys,
         nemesis: nemesis_log,
         session_members: recorder.session_members(),
+        holds: std::mem::take(&mut *holds.lock().unwrap()),
+        ephemeral_keys: paths.iter().map(|p| znode_key(p)).collect(),
+        ephemerals: eph_history,
     };
     log(start, "phase: check");
+    let resets = log_lines(&cluster, "too_many_resets");
+    if resets > 0 {
+        log(
+            start,
+            &format!("member logs mention GOAWAY too_many_resets {resets} times"),
+        );
+    }
     let checking = Instant::now();
     let mut report = check(&recording);
     if !caught_up {
@@ -377,12 +497,13 @@ pub async fn run(s: Scenario) {
         start,
         &format!(
             "checked in {:.2}s: {} ops ({unknown} unknown outcome), {} keys, final revision \
-             {final_revision}, {} events; {} lease keys; client errors: {:?}",
+             {final_revision}, {} events; {} lease keys; {}; client errors: {:?}",
             checking.elapsed().as_secs_f64(),
             recording.history.len(),
             report.keys,
             recording.log.len(),
             recording.lease_keys.len(),
+            lock_summary(&recording),
             recorder.error_summary(),
         ),
     );
@@ -395,6 +516,16 @@ pub async fn run(s: Scenario) {
             dir.display()
         );
     }
+}
+
+/// Lines of the members' logs that contain `needle`.
+fn log_lines(cluster: &ProcessCluster, needle: &str) -> usize {
+    cluster
+        .members
+        .iter()
+        .filter_map(|m| std::fs::read_to_string(m.log_path()).ok())
+        .map(|text| text.lines().filter(|l| l.contains(needle)).count())
+        .sum()
 }
 
 /// Saves a failing run: the recording, the report and the members' logs.

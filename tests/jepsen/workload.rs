@@ -202,6 +202,14 @@ pub fn classify(e: &etcd_client::Error) -> Failed {
     }
 }
 
+/// An error in a line: a gRPC status as its code and message, anything else as displayed.
+pub fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        other => other.to_string(),
+    }
+}
+
 pub fn is_connect_failure(message: &str) -> bool {
     message.contains("tcp connect error") || message.contains("Connection refused")
 }
@@ -351,12 +359,7 @@ impl Worker {
         let (outcome, note) = match result {
             Ok(Ok((revision, reply))) => (Outcome::Ok { revision, reply }, None),
             Ok(Err(e)) => {
-                let text = self.recorder.count_error(match &e {
-                    etcd_client::Error::GRpcStatus(s) => {
-                        format!("{:?}: {}", s.code(), s.message())
-                    }
-                    other => other.to_string(),
-                });
+                let text = self.recorder.count_error(describe(&e));
                 self.next_member();
                 match classify(&e) {
                     Failed::NotApplied => return None,
