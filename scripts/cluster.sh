@@ -80,7 +80,8 @@ start() {
     for i in "${MEMBERS[@]}"; do
         until "$CORRAL_BIN" --endpoints "127.0.0.1:${i}2379" --command-timeout 2s \
             endpoint health >/dev/null 2>&1; do
-            if ! running_pid "$i" >/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
+            # kill -0, not running_pid: a member just forked may not have exec'd corral yet.
+            if ! kill -0 "$(cat "$CLUSTER_DIR/n$i.pid")" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
                 echo "cluster.sh: member n$i is not serving; the end of $CLUSTER_DIR/n$i.log:" >&2
                 tail -n 20 "$CLUSTER_DIR/n$i.log" >&2 || true
                 exit 1
