@@ -288,16 +288,18 @@ impl Harness {
         alias: &str,
         ip: &str,
         initial_cluster: &str,
+        extra_env: &[&str],
     ) -> String {
         let container = self.name(alias);
         self.track_container(&container);
-        let env = [
+        let mut env = vec![
             format!("CORRAL_NAME={alias}"),
             format!("CORRAL_INITIAL_CLUSTER={initial_cluster}"),
             format!("CORRAL_INITIAL_ADVERTISE_PEER_URLS=http://{alias}:2380"),
             format!("CORRAL_ADVERTISE_CLIENT_URLS=http://{alias}:2379"),
             format!("CORRAL_INITIAL_CLUSTER_TOKEN={}", self.id),
         ];
+        env.extend(extra_env.iter().map(|e| e.to_string()));
         let label = self.label();
         let mut args = vec![
             "run",
@@ -749,7 +751,7 @@ async fn image_cluster_survives_leader_kill_and_partition() {
     let mut containers = Vec::new();
     for (alias, ip) in aliases.iter().zip(&ips) {
         containers.push(
-            h.start_member(&image, &net, alias, ip, &initial_cluster)
+            h.start_member(&image, &net, alias, ip, &initial_cluster, &[])
                 .await,
         );
     }
@@ -990,25 +992,53 @@ async fn sidecar_app_reaches_its_member_on_localhost() {
     let image = h.corral_image().await;
     let net = h.network().await;
 
-    // Three "pods": each a corral sidecar (app-<i> on the network, as under the headless
-    // Service of deploy/kubernetes/sidecar.yaml) and an application in its network namespace.
-    let pods = ["app-0", "app-1", "app-2"];
-    let initial_cluster = pods
+    // Four "pods" of deploy/kubernetes/sidecar.yaml's StatefulSet scaled to 4: each a corral
+    // sidecar (app-<i> on the network, as under the headless Service) and an application in
+    // its network namespace. app-0..app-2 are the voters of --initial-cluster; app-3 is not
+    // named there and joins as a learner by itself (--auto-learner, set on every pod).
+    let pods = ["app-0", "app-1", "app-2", "app-3"];
+    let voters = 3;
+    let initial_cluster = pods[..voters]
         .iter()
         .map(|p| format!("{p}=http://{p}:2380"))
         .collect::<Vec<_>>()
         .join(",");
-    let ips: Vec<String> = (0..3).map(|i| net.ip(11 + i as u8)).collect();
+    let ips: Vec<String> = (0..pods.len()).map(|i| net.ip(11 + i as u8)).collect();
     let mut sidecars = Vec::new();
     for (pod, ip) in pods.iter().zip(&ips) {
+        let env = ["CORRAL_AUTO_LEARNER=true"];
         sidecars.push(
-            h.start_member(&image, &net, pod, ip, &initial_cluster)
+            h.start_member(&image, &net, pod, ip, &initial_cluster, &env)
                 .await,
         );
     }
-    eventually("the sidecars forming a cluster", CLUSTER_DEADLINE, || {
-        agreed_leader(&ips)
-    })
+    eventually(
+        "the sidecars forming a cluster, the fourth one included",
+        CLUSTER_DEADLINE,
+        || agreed_leader(&ips),
+    )
+    .await;
+    eventually(
+        "app-3 in the member list as a learner",
+        CLUSTER_DEADLINE,
+        || async {
+            let options = ConnectOptions::new()
+                .with_connect_timeout(Duration::from_millis(700))
+                .with_timeout(Duration::from_secs(2));
+            let mut c = Client::connect([endpoint(&ips[0])], Some(options))
+                .await
+                .ok()?;
+            let list = c.member_list().await.ok()?;
+            let roles: Vec<(String, bool)> = list
+                .members()
+                .iter()
+                .map(|m| (m.name().to_string(), m.is_learner()))
+                .collect();
+            let learner = roles.iter().any(|(n, l)| n == "app-3" && *l);
+            let voting = roles.iter().filter(|(_, l)| !*l).count();
+            (learner && voting == voters).then_some(())
+        },
+    )
     .await;
 
     // The application: the corral CLI in the same image, with no network of its own.
@@ -1043,7 +1073,8 @@ async fn sidecar_app_reaches_its_member_on_localhost() {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(out.trim(), "OK", "{pod}: {out}");
     }
-    // Each application sees the others' writes through its own sidecar.
+    // Each application sees the others' writes through its own sidecar (the learner forwards
+    // writes and linearizable reads to the leader).
     for (i, pod) in pods.iter().enumerate() {
         let out = app(
             i,
@@ -1065,9 +1096,31 @@ async fn sidecar_app_reaches_its_member_on_localhost() {
         }
     }
 
+    // The learner's own copy (a serializable read, no round trip to the leader) catches up.
+    let values = ["kv", "get", "apps/", "--prefix", "--print-value-only"];
+    let serializable = || {
+        let args: Vec<String> = values
+            .iter()
+            .chain(&["--consistency", "s"])
+            .map(|a| a.to_string())
+            .collect();
+        app(3, args)
+    };
+    eventually(
+        "every write in the learner's own copy",
+        CLUSTER_DEADLINE,
+        || async {
+            let out = serializable().await.ok()?;
+            pods.iter()
+                .all(|p| out.contains(&format!("hello from {p}")))
+                .then_some(())
+        },
+    )
+    .await;
+
     // The member runs as the image's user, and SIGTERM (docker stop, a pod's deletion)
-    // stops it cleanly and quickly.
-    // Read on the host: the daemon is local (the test reaches the members by IP too).
+    // stops it cleanly and quickly. Read on the host: the daemon is local (the test reaches
+    // the members by IP too).
     let pid = docker_ok(&["inspect", "--format", "{{.State.Pid}}", &sidecars[2]]).await;
     let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))
         .unwrap_or_else(|e| panic!("/proc/{}/status: {e}", pid.trim()));
@@ -1088,14 +1141,32 @@ async fn sidecar_app_reaches_its_member_on_localhost() {
         took < Duration::from_secs(10),
         "docker stop took {took:?}: SIGTERM did not stop the member promptly"
     );
-    // The other two still serve their applications.
+    // Two voters of three are a quorum: the applications, the learner's included, still
+    // write, and the learner's copy follows.
     let out = app(
-        0,
-        vec!["kv".into(), "put".into(), "apps/after".into(), "x".into()],
+        3,
+        vec![
+            "kv".into(),
+            "put".into(),
+            "apps/after".into(),
+            "hello from after".into(),
+        ],
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(out.trim(), "OK");
+    eventually(
+        "the write after the stop in the learner's own copy",
+        CLUSTER_DEADLINE,
+        || async {
+            serializable()
+                .await
+                .ok()?
+                .contains("hello from after")
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
