@@ -27,7 +27,7 @@ impl KvHasher {
         if sm_key.first() != Some(&KV_SPACE) {
             return Ok(());
         }
-        let (_, rev) = keys::decode_version_key(sm_key)?;
+        let rev = keys::version_key_revision(sm_key)?;
         if rev > self.revision {
             return Ok(());
         }

@@ -136,6 +136,17 @@ pub fn decode_version_key(sm_key: &[u8]) -> Result<(Vec<u8>, i64), MvccError> {
     Ok((key, rev))
 }
 
+/// The revision of a version key, without decoding (and allocating) its user key.
+pub fn version_key_revision(sm_key: &[u8]) -> Result<i64, MvccError> {
+    let n = sm_key.len();
+    if n < 11 || sm_key[0] != KV_SPACE || sm_key[n - 10..n - 8] != [0, 1] {
+        return Err(MvccError::Corrupt(format!("bad version key {sm_key:?}")));
+    }
+    let mut rev = [0u8; 8];
+    rev.copy_from_slice(&sm_key[n - 8..]);
+    Ok(i64::from_be_bytes(rev))
+}
+
 /// The history key of change number `sub` within revision `rev`.
 pub fn history_key(rev: i64, sub: i64) -> Vec<u8> {
     let mut out = Vec::with_capacity(17);
@@ -249,6 +260,7 @@ mod tests {
         for k in keys {
             let (back, rev) = decode_version_key(&version_key(k, 42)).unwrap();
             assert_eq!((back.as_slice(), rev), (k, 42));
+            assert_eq!(version_key_revision(&version_key(k, 42)).unwrap(), 42);
         }
     }
 

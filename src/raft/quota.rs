@@ -28,6 +28,9 @@ async fn run(handle: RaftHandle, quota: u64, mut stop: watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(CHECK_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let me = handle.id();
+    // Near the quota every check would scan; spacing scans by ten times what the last one
+    // took keeps that to a tenth of a core whatever the store's size.
+    let mut next_scan = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -39,10 +42,14 @@ async fn run(handle: RaftHandle, quota: u64, mut stop: watch::Receiver<bool>) {
             .iter()
             .any(|a| a.member_id == me && a.alarm == AlarmType::Nospace as i32);
         // Far from the quota the bound answers without reading the store.
-        if raised || store.in_use_upper_bound() <= quota {
+        if raised || store.in_use_upper_bound() <= quota || tokio::time::Instant::now() < next_scan
+        {
             continue;
         }
-        let in_use = match tokio::task::spawn_blocking(move || store.measure_in_use()).await {
+        let started = tokio::time::Instant::now();
+        let scan = tokio::task::spawn_blocking(move || store.measure_in_use()).await;
+        next_scan = started + started.elapsed() * 10;
+        let in_use = match scan {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {
                 tracing::error!(%e, "measuring the state machine's size");

@@ -412,7 +412,7 @@ mod tests {
             (meta_key(meta::ALARMS), vec![0; 12]),
             (meta_key(&super::super::state::member_attr_name(9)), vec![3]),
             (meta_key(meta::REVISION), 42i64.to_be_bytes().to_vec()),
-            (b"kdata".to_vec(), vec![4]),
+            (crate::mvcc::keys::version_key(b"data", 42), vec![4]),
         ];
         let bytes: Vec<u8> = Chunks::new(
             Dump {
@@ -429,7 +429,13 @@ mod tests {
         let store = StateStore::open(&target.join("state")).unwrap();
         assert_eq!(store.revision(), 42);
         let kept: Vec<Vec<u8>> = store.dump().unwrap().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(kept, vec![b"kdata".to_vec(), meta_key(meta::REVISION)]);
+        assert_eq!(
+            kept,
+            vec![
+                crate::mvcc::keys::version_key(b"data", 42),
+                meta_key(meta::REVISION)
+            ]
+        );
         assert!(store.alarms().is_empty());
         drop(store);
         // A second restore into the now non-empty directory is refused.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::mvcc::hash::KvHasher;
-use crate::mvcc::keys::KV_SPACE;
+use crate::mvcc::keys::{decode_history_key, version_key_revision, HISTORY_SPACE, KV_SPACE};
 use crate::mvcc::read::resolve_revision;
 use crate::mvcc::{Backend, MvccError, INITIAL_REVISION};
 use crate::pb::etcdserverpb::{AlarmMember, AlarmType};
@@ -164,6 +164,7 @@ impl StateStore {
             // The state machine is rebuilt from the Raft log after a crash, so sled's own
             // periodic flush is only an optimization; durability points flush explicitly.
             .flush_every_ms(Some(1000))
+            .cache_capacity(std::env::var("EXP_STATE_MB").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(1024) << 20)
             .open()
             .map_err(io::Error::other)?;
         let tree = db.open_tree("state").map_err(io::Error::other)?;
@@ -341,27 +342,67 @@ impl StateStore {
 
     /// Like [`StateStore::dump`], with the revision and compaction floor the copy is at.
     ///
-    /// Applies wait while the records are copied (sled has no point-in-time iterator, and
-    /// lease, meta and znode-counter records change in place). The copy is only the memcpy
-    /// of the tree: encoding and sending happen after the lock is released.
+    /// sled has no point-in-time iterator, so the copy is made in two steps that together
+    /// are the state at one revision R:
+    /// 1. under the commit lock, R and every record that changes in place (leases, lease
+    ///    attachments, meta: small);
+    /// 2. after the lock is released, the key versions and the history, skipping entries
+    ///    above R — as readers do. Batches that only add entries (puts, deletes, txns) keep
+    ///    applying meanwhile: whatever they add is above R. A batch that *removes* entries
+    ///    (compaction, a lease detach) waits, because the compaction guard is held shared
+    ///    from step 1 to the end, so nothing at or below R disappears mid-copy.
     pub fn dump_with_revision(&self) -> io::Result<Dump> {
-        let _commit = self
+        let commit = self
             .commit_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let records = self
-            .tree
-            .iter()
-            .map(|r| {
-                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(io::Error::other)
-            })
-            .collect::<io::Result<Vec<_>>>()?;
+        let revision = self.revision();
+        let compacted = self.compacted();
+        // Taken before the commit lock is released (same order as `commit`: no deadlock).
+        let _guard = self
+            .compaction_guard
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (lo, hi) = (HISTORY_SPACE.min(KV_SPACE), HISTORY_SPACE.max(KV_SPACE));
+        let before = self.copy_range(..vec![lo], |_| Ok(true))?;
+        let between = self.copy_range(vec![lo + 1]..vec![hi], |_| Ok(true))?;
+        let after = self.copy_range(vec![hi + 1].., |_| Ok(true))?;
+        drop(commit);
+        let at_or_below = |k: &[u8]| -> io::Result<bool> {
+            let rev = if k.first() == Some(&KV_SPACE) {
+                version_key_revision(k)
+            } else {
+                decode_history_key(k).map(|(rev, _)| rev)
+            };
+            rev.map(|rev| rev <= revision).map_err(io::Error::other)
+        };
+        let low = self.copy_range(vec![lo]..vec![lo + 1], at_or_below)?;
+        let high = self.copy_range(vec![hi]..vec![hi + 1], at_or_below)?;
+        let mut records = before;
+        for part in [low, between, high, after] {
+            records.extend(part);
+        }
         Ok(Dump {
             records,
-            revision: self.revision(),
-            compacted: self.compacted(),
+            revision,
+            compacted,
         })
+    }
+
+    /// Copies the records in `range` that `keep` accepts.
+    fn copy_range<R: std::ops::RangeBounds<Vec<u8>>>(
+        &self,
+        range: R,
+        keep: impl Fn(&[u8]) -> io::Result<bool>,
+    ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for r in self.tree.range(range) {
+            let (k, v) = r.map_err(io::Error::other)?;
+            if keep(&k)? {
+                out.push((k.to_vec(), v.to_vec()));
+            }
+        }
+        Ok(out)
     }
 
     /// etcd's HashKV: a crc32 over every stored key version with a revision up to `revision`
