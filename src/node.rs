@@ -115,6 +115,9 @@ pub async fn run(
     Ok(())
 }
 
+/// Reset streams a peer connection may have pending before h2 sends GOAWAY.
+const PEER_MAX_PENDING_RESETS: usize = 4096;
+
 fn request_timeout(cfg: &Config) -> Duration {
     // etcd: 5 s plus two election timeouts covers a leader change during the request.
     Duration::from_secs(5) + Duration::from_millis(2 * cfg.election_timeout_ms)
@@ -196,6 +199,11 @@ impl Node {
         let peer_addr = listeners.peer.local_addr()?;
         let peer_router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            // openraft gives up on (resets) every append or heartbeat that takes longer than
+            // its timeout, so a paused or overloaded member sees bursts of reset streams; h2's
+            // rapid-reset guard (20 by default) then tears the whole peer connection down with
+            // GOAWAY "too_many_resets". Peers are members, not untrusted clients.
+            .http2_max_pending_accept_reset_streams(Some(PEER_MAX_PENDING_RESETS))
             .add_service(
                 PeerServer::new(PeerService::new(handle.clone(), membership.clone(), timeout))
                     .max_decoding_message_size(usize::MAX)

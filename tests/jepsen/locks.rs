@@ -27,8 +27,6 @@ pub const LOCK_NAME: &str = "jepsen/lock";
 pub const LOCK_PREFIX: &str = "jepsen/lock/";
 /// The key only lock holders write, fenced by their token.
 pub const RESOURCE: &str = "jepsen/fenced";
-/// Lease TTL of a lock attempt, seconds: short, so that stalled holders lose the lock soon.
-const LOCK_TTL: i64 = 2;
 /// How long a Lock call may wait for its turn.
 const LOCK_WAIT: Duration = Duration::from_secs(4);
 /// Share of holders that stall past their lease while holding.
@@ -138,6 +136,8 @@ pub struct Locker {
     rng: StdRng,
     member: usize,
     holds: Arc<Mutex<Vec<Hold>>>,
+    /// Lease TTL of an attempt, seconds: short, so that stalled holders lose the lock soon.
+    ttl: i64,
 }
 
 impl Locker {
@@ -148,6 +148,7 @@ impl Locker {
         stop: Arc<AtomicBool>,
         seed: u64,
         holds: Arc<Mutex<Vec<Hold>>>,
+        ttl: i64,
     ) -> Locker {
         Locker {
             id,
@@ -157,6 +158,7 @@ impl Locker {
             stop,
             rng: StdRng::seed_from_u64(seed.wrapping_mul(7_000_003).wrapping_add(id as u64)),
             holds,
+            ttl,
         }
     }
 
@@ -196,7 +198,7 @@ impl Locker {
                 continue;
             };
             let granted_at = self.recorder.now();
-            let grant = tokio::time::timeout(OP_TIMEOUT, client.lease_grant(LOCK_TTL, None)).await;
+            let grant = tokio::time::timeout(OP_TIMEOUT, client.lease_grant(self.ttl, None)).await;
             let Ok(Ok(grant)) = grant else {
                 self.next_member();
                 self.pause(100).await;

@@ -30,8 +30,6 @@ use super::workload::{is_connect_failure, Recorder, OP_TIMEOUT};
 
 /// Every ephemeral is a child of this znode (created before the run).
 pub const EPHEMERAL_DIR: &str = "/jepsen-eph";
-/// Requested session timeout: members run with `--min-session-timeout` at most this.
-pub const SESSION_TIMEOUT_MS: i64 = 2000;
 /// Recent paths a client keeps reading.
 const TRACKED: usize = 12;
 
@@ -172,6 +170,8 @@ pub struct SessionWorker {
     history: Arc<Mutex<EphemeralHistory>>,
     tracked: Vec<String>,
     created: usize,
+    /// Requested session timeout: members must run with `--min-session-timeout` at most this.
+    timeout_ms: i64,
 }
 
 impl SessionWorker {
@@ -182,6 +182,7 @@ impl SessionWorker {
         stop: Arc<AtomicBool>,
         seed: u64,
         history: Arc<Mutex<EphemeralHistory>>,
+        timeout_ms: i64,
     ) -> SessionWorker {
         SessionWorker {
             id,
@@ -194,6 +195,7 @@ impl SessionWorker {
             history,
             tracked: Vec::new(),
             created: 0,
+            timeout_ms,
         }
     }
 
@@ -223,7 +225,7 @@ impl SessionWorker {
             let opened_at = self.recorder.now();
             let mut sc = SessionsClient::new(ch);
             let open = sc.open_session(OpenSessionRequest {
-                timeout_ms: SESSION_TIMEOUT_MS,
+                timeout_ms: self.timeout_ms,
             });
             let Ok(Ok(open)) = tokio::time::timeout(OP_TIMEOUT, open).await else {
                 self.recorder.count_error("open session failed".into());
