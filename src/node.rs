@@ -283,6 +283,10 @@ impl Node {
             cfg.quota_backend_bytes,
             shutdown_rx.clone(),
         );
+        tokio::spawn(crate::raft::restored::run(
+            handle.clone(),
+            shutdown_rx.clone(),
+        ));
         tokio::spawn(publish_self(
             handle.clone(),
             cfg.advertise_client_urls.clone(),

@@ -93,6 +93,8 @@ async fn stream_snapshot(client: &Client) -> (Vec<u8>, i64) {
 struct Restored {
     node: Node,
     endpoint: String,
+    /// r0's peer URL, for members that join later.
+    peer_url: String,
 }
 
 /// Restores `file` with the CLI into `data_dir`, then starts member `r0` on it.
@@ -151,6 +153,7 @@ async fn restore_and_start(file: &Path, data_dir: &Path) -> Restored {
     Restored {
         node,
         endpoint: format!("http://{c}"),
+        peer_url: format!("http://{p}"),
     }
 }
 
@@ -278,6 +281,63 @@ async fn snapshot_restores_into_a_new_cluster_with_the_same_data_and_hash() {
     let put = c.put("after", "restore", None).await.expect("put");
     assert_eq!(put.header().unwrap().revision(), rev + 1);
 
+    // A member that joins later gets the restored data too (by snapshot: the log the new
+    // cluster wrote does not hold it).
+    let client = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let peer = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (lc, lp) = (client.local_addr().unwrap(), peer.local_addr().unwrap());
+    let data = dir.path().join("r1");
+    let cfg = Args::try_parse_from([
+        "corral".to_string(),
+        "--name=r1".to_string(),
+        format!("--data-dir={}", data.display()),
+        format!("--listen-client-urls=http://{lc}"),
+        format!("--advertise-client-urls=http://{lc}"),
+        format!("--listen-peer-urls=http://{lp}"),
+        format!("--initial-advertise-peer-urls=http://{lp}"),
+        format!("--initial-cluster=r0={}", restored.peer_url),
+        "--initial-cluster-token=restored".to_string(),
+        "--auto-learner".to_string(),
+        "--listen-metrics-urls=".to_string(),
+        "--heartbeat-interval=50".to_string(),
+        "--election-timeout=500".to_string(),
+    ])
+    .expect("args")
+    .serve
+    .validate()
+    .expect("valid config");
+    let learner = Node::start(
+        cfg,
+        Listeners {
+            client: vec![client],
+            peer,
+            metrics: None,
+        },
+    )
+    .await
+    .expect("learner starts");
+    let mut l = Client::connect([format!("http://{lc}")], None)
+        .await
+        .expect("connect");
+    eventually(
+        "the learner has the restored data and the later write",
+        Duration::from_secs(30),
+        || {
+            let mut l = l.clone();
+            async move {
+                let opts = GetOptions::new().with_serializable();
+                let got = l.get("after", Some(opts)).await.ok()?;
+                (got.kvs().len() == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    let opts = GetOptions::new().with_prefix().with_serializable();
+    assert_eq!(l.get("k", Some(opts)).await.unwrap().kvs().len(), 200);
+    let h = l.maintenance_client().hash_kv(rev).await.expect("hash_kv");
+    assert_eq!((h.hash(), h.hash_revision(), h.compact_version()), original);
+
+    learner.stop().await;
     restored.node.stop().await;
     cluster.shutdown().await;
 }

@@ -368,6 +368,12 @@ impl Membership {
     /// Commits one membership change, retrying while an earlier change is still in flight.
     async fn change(&self, change: ChangeMembers<NodeId, Member>) -> Result<(), MembershipRefusal> {
         let deadline = Instant::now() + self.request_timeout;
+        if !super::restored::sealed(&self.handle, deadline.into()).await {
+            return Err(MembershipRefusal::status(
+                Code::Unavailable,
+                "etcdserver: this member was restored from a backup and is still snapshotting it",
+            ));
+        }
         loop {
             match self
                 .handle

@@ -4,6 +4,7 @@ pub mod lease_expiry;
 pub mod membership;
 pub mod network;
 pub mod quota;
+pub mod restored;
 pub mod service;
 pub mod state_machine;
 pub mod types;

@@ -312,11 +312,16 @@ pub fn restore(backup: Backup, data_dir: &Path) -> io::Result<()> {
     {
         // The layout `node.rs` opens: the state machine lives in `<data dir>/state`.
         let store = StateStore::open(&tmp.join("state"))?;
-        let records = backup
+        let mut records: Vec<_> = backup
             .records
             .into_iter()
             .filter(|(k, _)| !is_cluster_record(k))
             .collect();
+        // Tells the member to hand its data to joining members by snapshot, not by log.
+        records.push((
+            meta_key(meta::RESTORED),
+            backup.header.revision.to_be_bytes().to_vec(),
+        ));
         // Flushes before returning.
         store.restore(records)?;
     }
@@ -433,10 +438,12 @@ mod tests {
             kept,
             vec![
                 crate::mvcc::keys::version_key(b"data", 42),
+                meta_key(meta::RESTORED),
                 meta_key(meta::REVISION)
             ]
         );
         assert!(store.alarms().is_empty());
+        assert!(store.restored());
         drop(store);
         // A second restore into the now non-empty directory is refused.
         let again = restore(decode(&bytes).unwrap(), &target);

@@ -29,6 +29,8 @@ pub mod meta {
     pub const MEMBERSHIP: &[u8] = b"membership";
     /// The raised alarms, sorted (see [`super::encode_alarms`]).
     pub const ALARMS: &[u8] = b"alarms";
+    /// Present in a store seeded by `corral snapshot restore` (the backup's revision).
+    pub const RESTORED: &[u8] = b"restored";
     /// Prefix of the per-member records (see [`super::member_attr_name`]).
     pub const MEMBER_PREFIX: &[u8] = b"member/";
 }
@@ -164,7 +166,6 @@ impl StateStore {
             // The state machine is rebuilt from the Raft log after a crash, so sled's own
             // periodic flush is only an optimization; durability points flush explicitly.
             .flush_every_ms(Some(1000))
-            .cache_capacity(std::env::var("EXP_STATE_MB").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(1024) << 20)
             .open()
             .map_err(io::Error::other)?;
         let tree = db.open_tree("state").map_err(io::Error::other)?;
@@ -217,6 +218,11 @@ impl StateStore {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Whether this store was seeded from a backup (see `raft::restored`).
+    pub fn restored(&self) -> bool {
+        matches!(self.read_meta(meta::RESTORED), Ok(Some(_)))
     }
 
     /// Whether a NOSPACE alarm is raised: writes that need space are refused.
