@@ -106,12 +106,17 @@ async fn docker_available(test: &str) -> bool {
     match run(cmd, Duration::from_secs(20)).await {
         Ok(_) => true,
         Err(e) => {
-            let first_line = e.lines().next().unwrap_or_default().to_string();
+            // The daemon's own words ("Cannot connect to the Docker daemon ...") end the error.
+            let reason = e
+                .lines()
+                .rfind(|l| !l.trim().is_empty())
+                .unwrap_or_default()
+                .to_string();
             assert!(
                 std::env::var("CORRAL_REQUIRE_DOCKER").as_deref() != Ok("1"),
                 "CORRAL_REQUIRE_DOCKER=1 but the docker engine is not available: {e}"
             );
-            eprintln!("docker engine not available: skipping {test} ({first_line})");
+            eprintln!("docker engine not available: skipping {test} ({reason})");
             false
         }
     }
