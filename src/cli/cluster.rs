@@ -240,7 +240,10 @@ pub async fn member(
                 _ => {
                     // Like etcdctl: the settings the new member starts with.
                     let mut initial: Vec<String> = Vec::new();
-                    for m in &r.members {
+                    // The new member last, whatever its id: the line reads as "the cluster,
+                    // plus me".
+                    let others = r.members.iter().filter(|m| m.id != id);
+                    for m in others.chain(r.members.iter().filter(|m| m.id == id)) {
                         let name = if m.id == id { a.name.as_str() } else { &m.name };
                         if name.is_empty() {
                             continue;
