@@ -27,8 +27,9 @@ pub const LOCK_NAME: &str = "jepsen/lock";
 pub const LOCK_PREFIX: &str = "jepsen/lock/";
 /// The key only lock holders write, fenced by their token.
 pub const RESOURCE: &str = "jepsen/fenced";
-/// How long a Lock call may wait for its turn.
-const LOCK_WAIT: Duration = Duration::from_secs(4);
+/// How long a Lock call may wait for its turn beyond the longest hold (a stalled holder's,
+/// which lasts a TTL and then some).
+const LOCK_WAIT_MARGIN: Duration = Duration::from_millis(2500);
 /// Share of holders that stall past their lease while holding.
 const STALL_PROBABILITY: f64 = 0.15;
 
@@ -190,9 +191,10 @@ impl Locker {
 
     pub async fn run(mut self) {
         let mut seq = 0u64;
+        let lock_wait = Duration::from_secs(self.ttl.max(1) as u64) + LOCK_WAIT_MARGIN;
         while !self.stopped() {
             let endpoint = self.endpoints[self.member].clone();
-            let Some(mut client) = connect_with(&endpoint, LOCK_WAIT).await else {
+            let Some(mut client) = connect_with(&endpoint, lock_wait).await else {
                 self.next_member();
                 self.pause(100).await;
                 continue;
@@ -216,7 +218,7 @@ impl Locker {
             let options = LockOptions::new().with_lease(lease);
             let locked = self
                 .unless_stopped(tokio::time::timeout(
-                    LOCK_WAIT,
+                    lock_wait,
                     client.lock(LOCK_NAME, Some(options)),
                 ))
                 .await;
@@ -282,13 +284,17 @@ impl Locker {
                 }
                 hold.release = Some(self.release(&mut client, &key).await);
             } else {
+                // The member failed us: revoke (below) and try again elsewhere.
                 self.next_member();
+                if let Some(c) = connect(&self.endpoints[self.member]).await {
+                    client = c;
+                }
             }
             if let Some(k) = keeper.take() {
                 hold.renewals = k.stop().await;
             }
             // Frees the lock at once if the unlock did not (or the Lock call's outcome is
-            // unknown); the lease would expire anyway.
+            // unknown: a key of ours may be waiting in line); the lease would expire anyway.
             let _ = tokio::time::timeout(OP_TIMEOUT, client.lease_revoke(lease)).await;
             self.holds.lock().unwrap().push(hold);
             self.pause(100).await;
