@@ -24,20 +24,29 @@ use crate::pb::etcdserverpb::{AlarmMember, AlarmType};
 use crate::storage::state::{self as state_store, meta, StateStore};
 use crate::watch::WatchHub;
 
-/// A snapshot as kept in memory and on disk.
-#[derive(Clone, Serialize, Deserialize)]
+/// A snapshot as stored on disk: the meta first, so it can be read without the data.
+#[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
+}
+
+/// The data of a snapshot being written: already encoded (received from the leader), or the
+/// records themselves, encoded on the way to the file.
+enum SnapshotBody<'a> {
+    Encoded(&'a [u8]),
+    Records(&'a [(Vec<u8>, Vec<u8>)]),
 }
 
 pub struct StateMachine {
     store: Arc<StateStore>,
     applied: Option<LogId>,
     membership: StoredMembership,
-    /// Latest snapshot, shared with snapshot builders; also persisted in `snapshot_path` so a
-    /// restarted member can still send it to a lagging follower.
-    current: Arc<Mutex<Option<StoredSnapshot>>>,
+    /// Meta of the latest snapshot, which is in `snapshot_path` (so a restarted member can
+    /// still send it to a lagging follower). Only the meta stays in memory: the data, as large
+    /// as the whole state, is read back from the file in the rare case a follower needs it.
+    /// Held while the file is written or read, so that writers don't interleave.
+    current: Arc<Mutex<Option<SnapshotMeta>>>,
     snapshot_path: PathBuf,
     /// Told about every applied batch's events, after they are committed.
     watch: WatchHub,
@@ -123,9 +132,10 @@ impl StateMachine {
         leases.reload(&lease::all(&store.backend()).map_err(sm_read_err)?);
         let applied = decode_meta::<Option<LogId>>(&store, meta::APPLIED)?.flatten();
         let membership = decode_meta(&store, meta::MEMBERSHIP)?.unwrap_or_default();
-        let current = match std::fs::read(snapshot_path) {
-            Ok(bytes) => Some(
-                bincode::deserialize(&bytes)
+        // The meta is the file's prefix: read only that.
+        let current = match std::fs::File::open(snapshot_path) {
+            Ok(file) => Some(
+                bincode::deserialize_from::<_, SnapshotMeta>(io::BufReader::new(file))
                     .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, &*e)))?,
             ),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -328,12 +338,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             list: self.store.alarms(),
             changed: false,
         };
-        let stored = StoredSnapshot {
-            meta: snap_meta.clone(),
-            data,
-        };
-        persist_snapshot(&self.snapshot_path, &stored)?;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
+        {
+            let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            persist_snapshot(&self.snapshot_path, snap_meta, SnapshotBody::Encoded(&data))?;
+            *current = Some(snap_meta.clone());
+        }
+        drop(data);
         // Watchers skipped the installed revisions' events: they re-read them from history.
         self.watch.resync();
         self.leases
@@ -342,29 +352,50 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let current = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Ok(current.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(meta) = current.as_ref() else {
+            return Ok(None);
+        };
+        let read_err = |e: io::Error| StorageIOError::read_snapshot(Some(meta.signature()), &e);
+        let file = std::fs::File::open(&self.snapshot_path).map_err(read_err)?;
+        let stored: StoredSnapshot = bincode::deserialize_from(io::BufReader::new(file))
+            .map_err(|e| read_err(io::Error::other(e)))?;
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
         }))
     }
 }
 
-/// Writes the snapshot file atomically (temp file, fsync, rename).
-fn persist_snapshot(path: &Path, snap: &StoredSnapshot) -> Result<(), StorageError> {
+/// Writes the snapshot file atomically (temp file, fsync, rename) as a [`StoredSnapshot`],
+/// encoding straight into the file: never one more in-memory copy of the state.
+fn persist_snapshot(
+    path: &Path,
+    meta: &SnapshotMeta,
+    body: SnapshotBody<'_>,
+) -> Result<(), StorageError> {
     let err = |e: io::Error| -> StorageError {
-        StorageIOError::write_snapshot(Some(snap.meta.signature()), &e).into()
+        StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
     };
-    let bytes = bincode::serialize(snap).map_err(|e| err(io::Error::other(e)))?;
     let tmp = path.with_extension("tmp");
     let write = || -> io::Result<()> {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
+        let mut f = io::BufWriter::new(std::fs::File::create(&tmp)?);
+        // bincode encodes a struct as its fields in order and `data: Vec<u8>` as a u64
+        // length and the bytes, so this is byte for byte `bincode::serialize(&StoredSnapshot)`.
+        bincode::serialize_into(&mut f, meta).map_err(io::Error::other)?;
+        match body {
+            SnapshotBody::Encoded(data) => {
+                bincode::serialize_into(&mut f, &(data.len() as u64)).map_err(io::Error::other)?;
+                f.write_all(data)?;
+            }
+            SnapshotBody::Records(records) => {
+                let len = bincode::serialized_size(records).map_err(io::Error::other)?;
+                bincode::serialize_into(&mut f, &len).map_err(io::Error::other)?;
+                bincode::serialize_into(&mut f, records).map_err(io::Error::other)?;
+            }
+        }
+        let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         if let Some(dir) = path.parent() {
@@ -377,7 +408,7 @@ fn persist_snapshot(path: &Path, snap: &StoredSnapshot) -> Result<(), StorageErr
 
 pub struct SnapshotBuilder {
     store: Arc<StateStore>,
-    current: Arc<Mutex<Option<StoredSnapshot>>>,
+    current: Arc<Mutex<Option<SnapshotMeta>>>,
     snapshot_path: PathBuf,
 }
 
@@ -399,11 +430,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Some(b) => bincode::deserialize(&b).map_err(|e| sm_read_err(*e))?,
             None => StoredMembership::default(),
         };
-        let data = bincode::serialize(&records).map_err(|e| sm_read_err(*e))?;
         let snapshot_id = match last_log_id {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, records.len()),
             None => format!("empty-{}", records.len()),
         };
+
         let snap_meta = SnapshotMeta {
             last_log_id,
             last_membership,
@@ -412,15 +443,23 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // The state up to this snapshot must be durable before openraft purges the log it was
         // built from; the state machine does not flush on every apply.
         self.store.flush().await.map_err(sm_write_err)?;
-        let stored = StoredSnapshot {
-            meta: snap_meta.clone(),
-            data: data.clone(),
-        };
-        persist_snapshot(&self.snapshot_path, &stored)?;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
+        {
+            let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            persist_snapshot(
+                &self.snapshot_path,
+                &snap_meta,
+                SnapshotBody::Records(&records),
+            )?;
+            *current = Some(snap_meta.clone());
+        }
+        drop(records);
+        // The data is in the file only. openraft (=0.9.25, pinned) keeps nothing of a built
+        // snapshot but its meta (core/sm/worker.rs `build_snapshot`, storage/helper.rs); when
+        // a follower needs the data, `get_current_snapshot` reads it from the file. Encoding
+        // it here too would hold a second copy of the whole state at the peak.
         Ok(Snapshot {
             meta: snap_meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }

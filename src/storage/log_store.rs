@@ -368,6 +368,11 @@ async fn flush_db(db: sled::Db) -> Result<(), io::Error> {
     }
 }
 
+/// sled's page cache for the log (its default is 1 GiB). Entries are read back right after
+/// they are appended (replication) or not at all, so a small cache serves the hot path; a
+/// follower catching up from far behind reads from disk.
+const LOG_CACHE_BYTES: u64 = 16 << 20;
+
 /// How long [`open_db`] keeps retrying while sled's directory lock is still held.
 const LOCK_RETRY_FOR: Duration = Duration::from_secs(2);
 
@@ -380,7 +385,11 @@ const LOCK_RETRY_FOR: Duration = Duration::from_secs(2);
 fn open_db(dir: &Path) -> Result<sled::Db, io::Error> {
     let deadline = Instant::now() + LOCK_RETRY_FOR;
     loop {
-        match sled::Config::new().path(dir).open() {
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(LOG_CACHE_BYTES)
+            .open()
+        {
             Ok(db) => return Ok(db),
             // sled reports this as `ErrorKind::Other`; its message is the only way to tell.
             Err(sled::Error::Io(e))

@@ -50,6 +50,12 @@ pub fn meta_key(name: &[u8]) -> Vec<u8> {
     k
 }
 
+/// sled's page cache for the state machine. Reads that miss it decode the page from the OS
+/// page cache, so it only has to hold the hot keys and the upper levels of the tree: a
+/// 60k-put run with 2 KiB values measured 311 MB RSS per member with this bound and 414 MB
+/// with sled's 1 GiB default, at the same serializable-read throughput.
+const STATE_CACHE_BYTES: u64 = 64 << 20;
+
 /// The state-machine database of one member.
 pub struct StateStore {
     db: sled::Db,
@@ -166,6 +172,8 @@ impl StateStore {
             // The state machine is rebuilt from the Raft log after a crash, so sled's own
             // periodic flush is only an optimization; durability points flush explicitly.
             .flush_every_ms(Some(1000))
+            // sled's default is 1 GiB, and it keeps that much of the data resident.
+            .cache_capacity(STATE_CACHE_BYTES)
             .open()
             .map_err(io::Error::other)?;
         let tree = db.open_tree("state").map_err(io::Error::other)?;
