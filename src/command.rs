@@ -36,8 +36,14 @@ pub enum Command {
         id: i64,
     },
     /// Revokes leases the leader's clock found expired; ids already gone are skipped.
+    ///
+    /// `term` is the term the proposer led in. It applies only from an entry of that term: a
+    /// leader deposed without knowing it still runs its expiry clock on stale deadlines (the
+    /// keep-alives now reach its successor), and its proposal, refused locally, must not be
+    /// forwarded to the new leader and applied there.
     LeaseExpire {
         ids: Vec<i64>,
+        term: u64,
     },
     /// Znode operations applied all-or-nothing at one zxid; `now_ms` is the proposer's clock
     /// for ctime/mtime, so every member stores the same times.

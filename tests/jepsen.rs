@@ -190,9 +190,9 @@ async fn restarted_leader_does_not_serve_stale_linearizable_reads() {
 /// ForwardToLeader — and the proposal is then forwarded to the new leader, which applies it:
 /// a lease revoked less than a TTL after a keep-alive the new leader answered (a lock
 /// changing hands under a holder whose lease was alive; an ephemeral vanishing under a live
-/// session).
+/// session). Fixed: `Command::LeaseExpire` carries the term its proposer led in and applies
+/// only from a log entry of that term.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "open bug: a deposed leader's lease expiry is forwarded to the new leader (see the doc comment)"]
 async fn deposed_leader_does_not_expire_a_lease_kept_alive_elsewhere() {
     use common::process::ProcessCluster;
     use std::sync::atomic::{AtomicU64, Ordering};

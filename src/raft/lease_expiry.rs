@@ -57,7 +57,8 @@ pub async fn run(
         tracing::debug!(count = expired.len(), "revoking expired leases");
         let handle = handle.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle.propose(Command::LeaseExpire { ids: expired }).await {
+            let command = Command::LeaseExpire { ids: expired, term };
+            if let Err(e) = handle.propose(command).await {
                 tracing::debug!(%e, "proposing lease expiry; will retry");
             }
         });

@@ -216,7 +216,7 @@ fn apply_command<B: crate::mvcc::Backend>(
             }
             Ok(CommandResult::Alarms(affected))
         }
-        Command::LeaseExpire { ids } => {
+        Command::LeaseExpire { ids, .. } => {
             for id in ids {
                 match lease::revoke(w, *id) {
                     Ok(()) | Err(MvccError::LeaseNotFound) => {
@@ -260,6 +260,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(Proposal { commands }) => {
                     let mut results = Vec::with_capacity(commands.len());
                     for cmd in &commands {
+                        if let Command::LeaseExpire { term, .. } = cmd {
+                            if *term != entry.log_id.leader_id.term {
+                                // Decided by a leader of another term: see `LeaseExpire`.
+                                results.push(CommandResult::Done);
+                                continue;
+                            }
+                        }
                         results.push(apply_command(
                             &mut writer,
                             cmd,
