@@ -141,6 +141,20 @@ where
     }
 }
 
+/// Prints a test's progress with the time since it started: where a slow or failed run spent
+/// its time.
+struct Progress(Instant);
+
+impl Progress {
+    fn start() -> Progress {
+        Progress(Instant::now())
+    }
+
+    fn step(&self, what: &str) {
+        eprintln!("[{:6.1}s] {what}", self.0.elapsed().as_secs_f64());
+    }
+}
+
 // ------------------------------------------------------------------- harness
 
 /// The Docker objects of one test, removed when it is dropped (also on panic, after printing
@@ -721,7 +735,9 @@ async fn image_cluster_survives_leader_kill_and_partition() {
         return;
     }
     let h = Harness::new().await;
+    let p = Progress::start();
     let (image, etcdctl_image) = tokio::join!(h.corral_image(), h.etcdctl_image());
+    p.step("images built");
 
     // The image is what the Dockerfile promises.
     let config = docker_ok(&[
@@ -766,7 +782,7 @@ async fn image_cluster_survives_leader_kill_and_partition() {
         || agreed_leader(&ips),
     )
     .await;
-    eprintln!("cluster formed; leader {}", aliases[leader]);
+    p.step(&format!("cluster formed; leader {}", aliases[leader]));
 
     // etcdctl in a fourth container, by DNS name like any client on the network.
     let etcdctl = |args: Vec<&'static str>| {
@@ -813,6 +829,7 @@ async fn image_cluster_survives_leader_kill_and_partition() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(got.trim(), "hello");
 
+    p.step("etcdctl in a fourth container works");
     let writer = Writer::start(ips.iter().map(|ip| endpoint(ip)).collect());
     writer
         .wait_progress(WRITES_PER_PHASE, "before any fault")
@@ -832,6 +849,10 @@ async fn image_cluster_survives_leader_kill_and_partition() {
     writer
         .wait_progress(WRITES_PER_PHASE, "with the old leader killed")
         .await;
+    p.step(&format!(
+        "killed {}; the others elected a leader and took writes",
+        aliases[killed]
+    ));
 
     // Back with a new address, as a rescheduled pod: the others must find it by name.
     let new_ip = net.ip(21 + killed as u8);
@@ -867,13 +888,15 @@ async fn image_cluster_survives_leader_kill_and_partition() {
     )
     .await;
 
+    p.step("the killed member is back, at a new address, with the latest writes");
+
     // 2. Cut the current leader off the network: the majority side elects a leader and
     // takes writes; healed, the cut member catches up.
     let cut = eventually("a leader before the partition", CLUSTER_DEADLINE, || {
         agreed_leader(&ips)
     })
     .await;
-    eprintln!("disconnecting {} (the leader)", aliases[cut]);
+    p.step(&format!("disconnecting {} (the leader)", aliases[cut]));
     docker_ok(&["network", "disconnect", &net.name, &containers[cut]]).await;
     let majority: Vec<String> = (0..3)
         .filter(|&i| i != cut)
@@ -888,6 +911,7 @@ async fn image_cluster_survives_leader_kill_and_partition() {
     writer
         .wait_progress(WRITES_PER_PHASE, "with the leader partitioned away")
         .await;
+    p.step("the majority side elected a leader and took writes");
     docker_ok(&[
         "network",
         "connect",
@@ -908,6 +932,7 @@ async fn image_cluster_survives_leader_kill_and_partition() {
     writer
         .wait_progress(WRITES_PER_PHASE, "after the partition healed")
         .await;
+    p.step("partition healed");
 
     // Every acknowledged write is on every member, and the members agree: compared at one
     // revision, because a write whose client gave up (not acknowledged, so not checked) may
@@ -962,11 +987,11 @@ async fn image_cluster_survives_leader_kill_and_partition() {
             aliases[0]
         );
     }
-    eprintln!(
+    p.step(&format!(
         "{} acknowledged writes, all on every member ({} keys at revision {revision})",
         acked.len(),
         view0.len()
-    );
+    ));
 
     // And etcdctl sees a healthy cluster through the names members advertise.
     let health = etcdctl(vec![
@@ -994,7 +1019,9 @@ async fn sidecar_app_reaches_its_member_on_localhost() {
         return;
     }
     let h = Harness::new().await;
+    let p = Progress::start();
     let image = h.corral_image().await;
+    p.step("image built");
     let net = h.network().await;
 
     // Four "pods" of deploy/kubernetes/sidecar.yaml's StatefulSet scaled to 4: each a corral
@@ -1023,6 +1050,7 @@ async fn sidecar_app_reaches_its_member_on_localhost() {
         || agreed_leader(&ips),
     )
     .await;
+    p.step("the sidecars formed a cluster");
     eventually(
         "app-3 in the member list as a learner",
         CLUSTER_DEADLINE,
@@ -1045,6 +1073,7 @@ async fn sidecar_app_reaches_its_member_on_localhost() {
         },
     )
     .await;
+    p.step("app-3 joined as a learner");
 
     // The application: the corral CLI in the same image, with no network of its own.
     let app = |i: usize, args: Vec<String>| {
@@ -1078,6 +1107,7 @@ async fn sidecar_app_reaches_its_member_on_localhost() {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(out.trim(), "OK", "{pod}: {out}");
     }
+    p.step("every app wrote through its sidecar");
     // Each application sees the others' writes through its own sidecar (the learner forwards
     // writes and linearizable reads to the leader).
     for (i, pod) in pods.iter().enumerate() {
@@ -1101,6 +1131,7 @@ async fn sidecar_app_reaches_its_member_on_localhost() {
         }
     }
 
+    p.step("every app read the others' writes");
     // The learner's own copy (a serializable read, no round trip to the leader) catches up.
     let values = ["kv", "get", "apps/", "--prefix", "--print-value-only"];
     let serializable = || {
@@ -1137,6 +1168,7 @@ async fn sidecar_app_reaches_its_member_on_localhost() {
         uid_line.split_whitespace().skip(1).all(|u| u == "65532"),
         "the member does not run as uid 65532: {uid_line}"
     );
+    p.step("the learner's copy has every write");
     let started = Instant::now();
     docker_ok(&["stop", "--time", "20", &sidecars[2]]).await;
     let took = started.elapsed();
@@ -1146,6 +1178,7 @@ async fn sidecar_app_reaches_its_member_on_localhost() {
         took < Duration::from_secs(10),
         "docker stop took {took:?}: SIGTERM did not stop the member promptly"
     );
+    p.step(&format!("SIGTERM stopped app-2 in {took:?}"));
     // Two voters of three are a quorum: the applications, the learner's included, still
     // write, and the learner's copy follows.
     let out = app(
@@ -1185,7 +1218,9 @@ async fn compose_example_forms_a_healthy_cluster() {
         return;
     };
     let h = Harness::new().await;
+    let p = Progress::start();
     let (image, etcdctl_image) = tokio::join!(h.corral_image(), h.etcdctl_image());
+    p.step("images built");
     let project = h.name("compose");
     let compose_cmd = |args: &[&str]| {
         let mut cmd = Command::new(&compose);
@@ -1224,6 +1259,7 @@ async fn compose_example_forms_a_healthy_cluster() {
     for id in &ids {
         h.track_container(id);
     }
+    p.step("compose up");
 
     // Healthy by the compose file's own check (corral endpoint health in each container).
     eventually(
@@ -1237,6 +1273,7 @@ async fn compose_example_forms_a_healthy_cluster() {
         },
     )
     .await;
+    p.step("all three healthy");
 
     // A client on the project's network by service names, and one on the host by a
     // published port. (The network's name depends on the compose version.)
