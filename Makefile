@@ -18,8 +18,9 @@
 #   make bench       release build, 3 corral + 3 etcd members on loopback, the
 #                    same workloads against each; writes BENCHMARKS.md
 #   make clean-data  remove ./corral.data
-#   make image       container image corral:latest (deploy/Dockerfile, FROM scratch around a
-#                    static release binary); TAGS="-t name:tag ..." for other tags
+#   make image       container image corral:latest and corral:<version> (deploy/Dockerfile,
+#                    FROM scratch around a static release binary); TAGS="-t name:tag ..."
+#                    to tag it otherwise
 #   make cluster     a local 3-member cluster of processes (debug build) on 127.0.0.1,
 #                    data and logs in ./corral.cluster; prints the endpoints
 #   make cluster-stop  stop it (data is kept; rm -rf corral.cluster to start over)
@@ -56,7 +57,7 @@ HAVE_NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 	jepsen jepsen-replay bench image cluster cluster-stop
 
 help:
-	@sed -n '3,25p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,26p' Makefile | sed 's/^# \{0,1\}//'
 
 build:
 	$(CARGO) build --bin corral
