@@ -33,6 +33,7 @@ pub fn router(handle: RaftHandle) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/readyz", get(readyz))
+        .route("/livez", get(livez))
         .route("/metrics", get(metrics))
         .with_state(Arc::new(Ops {
             handle,
@@ -54,6 +55,17 @@ async fn health(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             r#"{"health":"false","reason":"store not readable"}"#,
         ),
+    }
+}
+
+/// Alive: the process answers and its store is readable. Unlike `/health`, independent of the
+/// cluster, so a liveness probe does not restart the members left after a quorum loss (a
+/// restart cannot bring the quorum back).
+async fn livez(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
+    if ops.handle.store().read_meta(b"revision").is_ok() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "store not readable")
     }
 }
 

@@ -550,6 +550,8 @@ async fn the_metrics_port_of_a_member() {
         (status, body.as_str()),
         (200, r#"{"health":"true","reason":""}"#)
     );
+    let (status, _, body) = http_get(m, "/livez").await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
     let (status, _, _) = http_get(m, "/nope").await;
     assert_eq!(status, 404);
 
