@@ -205,9 +205,13 @@ impl Node {
             // GOAWAY "too_many_resets". Peers are members, not untrusted clients.
             .http2_max_pending_accept_reset_streams(Some(PEER_MAX_PENDING_RESETS))
             .add_service(
-                PeerServer::new(PeerService::new(handle.clone(), membership.clone(), timeout))
-                    .max_decoding_message_size(usize::MAX)
-                    .max_encoding_message_size(usize::MAX),
+                PeerServer::new(PeerService::new(
+                    handle.clone(),
+                    membership.clone(),
+                    timeout,
+                ))
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
             );
         servers.push(tokio::spawn(serve_grpc(
             "peer",
@@ -278,11 +282,7 @@ impl Node {
             Duration::from_millis(500),
             shutdown_rx.clone(),
         ));
-        crate::raft::quota::start(
-            handle.clone(),
-            cfg.quota_backend_bytes,
-            shutdown_rx.clone(),
-        );
+        crate::raft::quota::start(handle.clone(), cfg.quota_backend_bytes, shutdown_rx.clone());
         tokio::spawn(crate::raft::restored::run(
             handle.clone(),
             shutdown_rx.clone(),
@@ -561,11 +561,7 @@ async fn publish_self(
 }
 
 /// Every client-facing service on one router: etcd's API, health and reflection.
-async fn client_router(
-    ctx: &Ctx,
-    hub: &WatchHub,
-    cfg: &Config,
-) -> anyhow::Result<ClientRouter> {
+async fn client_router(ctx: &Ctx, hub: &WatchHub, cfg: &Config) -> anyhow::Result<ClientRouter> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<KvServer<KvService>>().await;
     health
