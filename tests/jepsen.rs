@@ -64,7 +64,7 @@ async fn three_members_crashes_and_pauses() {
         ],
         lockers: 3,
         session_clients: 1,
-        renewed_ttl: 5,
+        renewed_ttl: 2,
     })
     .await;
 }
@@ -86,7 +86,7 @@ async fn five_members_partitions() {
         ],
         lockers: 3,
         session_clients: 1,
-        renewed_ttl: 5,
+        renewed_ttl: 2,
     })
     .await;
 }
@@ -203,7 +203,8 @@ async fn deposed_leader_does_not_expire_a_lease_kept_alive_elsewhere() {
     let cluster = ProcessCluster::start_proxied(3).await;
     let epoch = Instant::now();
     let now = move || epoch.elapsed().as_millis() as u64;
-    for round in 0..5 {
+    // Without the fix the first round fails every time; each round takes about 7 s.
+    for round in 0..2 {
         let leader = cluster.wait_leader().await;
         let follower = (leader + 1) % cluster.len();
         let endpoint = cluster.members[follower].endpoint();

@@ -41,11 +41,10 @@ pub struct Scenario {
     /// Clients opening znode sessions with ephemerals.
     pub session_clients: u32,
     /// TTL of the lock clients' leases and of the sessions, seconds — both renewed by
-    /// keep-alives. 2 s makes stalled holders and abandoned sessions expire often. Until
-    /// `deposed_leader_does_not_expire_a_lease_kept_alive_elsewhere` is fixed the short
-    /// schedules use 5 s, longer than any fault is held: a leader cut off or paused then never
-    /// sees a renewed lease's deadline pass, which is what triggers that bug. Back to 2 s with
-    /// the fix.
+    /// keep-alives. Shorter than the faults are held (1–3 s), so that stalled holders and
+    /// abandoned sessions expire often and a cut-off or paused leader sees renewed leases'
+    /// deadlines pass in its own clock (`deposed_leader_does_not_expire_a_lease_kept_alive_
+    /// elsewhere` is what that found).
     pub renewed_ttl: i64,
 }
 
