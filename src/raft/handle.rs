@@ -422,12 +422,31 @@ impl Submitter {
         )
     }
 
+    /// Whether this leader has applied an entry of its own term (openraft appends a blank one
+    /// on election), waiting up to an election timeout. Entries of earlier terms may still
+    /// carry a revocation an earlier leader decided while it led (`Command::LeaseExpire`
+    /// applies from its own term's entries); a keep-alive answered before they apply would
+    /// renew a lease that is then revoked. After, the clock reflects them.
+    async fn applied_own_term(&self) -> bool {
+        let done = |m: &openraft::RaftMetrics<NodeId, Member>| {
+            m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term)
+        };
+        if done(&self.raft.metrics().borrow()) {
+            return true;
+        }
+        self.raft
+            .wait(Some(self.election_timeout))
+            .metrics(done, "the leader applied an entry of its own term")
+            .await
+            .is_ok()
+    }
+
     async fn lease_as_leader(&self, ask: LeaseAsk, id: i64) -> LeaseAnswer {
         let not_leader = LeaseAnswer {
             not_leader: true,
             ..Default::default()
         };
-        if !self.confirm_leadership().await {
+        if !self.confirm_leadership().await || !self.applied_own_term().await {
             return not_leader;
         }
         let mut answer = self.ask_clock(ask, id);
