@@ -38,8 +38,9 @@
 //! - [`cli`]: the `corral` client commands — zkCli's verbs (`ls`, `create`, `get`, ...),
 //!   etcdctl's (`kv`, `lease`, `lock`, `elect`, `member`, `endpoint`, `snapshot`) and
 //!   `corral shell` (interactive, one session) — over the generated gRPC clients in [`pb`].
-//! - [`checker`]: linearizability (per-key Wing–Gong search), revision and watch-stream checks
-//!   over recorded client histories; used by the fault tests, pure and deterministic.
+//! - [`checker`]: linearizability (per-key Wing–Gong search), revision and watch-stream checks,
+//!   lock holders and fencing tokens, ephemerals of ended sessions, over recorded client
+//!   histories; used by the fault tests, pure and deterministic.
 
 pub mod api;
 pub mod bench;
