@@ -10,8 +10,13 @@
 //! service. A batch is retried on another leader only when it certainly was not appended
 //! (refused, or never delivered); when its fate is unknown the callers get a timeout, never a
 //! silent retry that could apply it twice.
+//!
+//! Read barriers are shared the same way: concurrent linearizable reads on a member wait for
+//! one read-index round (a leadership check on the leader, one forwarded request on a
+//! follower) instead of one each; see `Rounds`.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -45,6 +50,68 @@ pub enum ProposeError {
     Stopped,
 }
 
+/// Shares one read-index round among every caller that asked while it had not started.
+///
+/// A caller never joins a round already under way: that round's leadership check may have
+/// begun before the caller asked, and a read index from it could miss a write acknowledged
+/// just before the call. So each caller waits for the next round to *start*, which is after
+/// it asked: one such round serves everyone who queued meanwhile, and the read is still
+/// linearizable (etcd batches its ReadIndex requests by the same rule). Rounds run in a task
+/// of their own, one at a time, so a caller that gives up cannot stall the others.
+struct Rounds<T> {
+    /// (a round task is running, the callers waiting for the next round).
+    state: Mutex<(bool, Vec<oneshot::Sender<T>>)>,
+}
+
+impl<T: Clone + Send + 'static> Rounds<T> {
+    fn new() -> Arc<Self> {
+        Arc::new(Rounds {
+            state: Mutex::new((false, Vec::new())),
+        })
+    }
+
+    /// The result of the next round to start; `None` if the round task went away (the
+    /// runtime is shutting down). `round` runs one round; it is called afresh for each.
+    async fn join<F, Fut>(self: &Arc<Self>, round: F) -> Option<T>
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = T> + Send,
+    {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.1.push(tx);
+            !std::mem::replace(&mut state.0, true)
+        };
+        if start {
+            let rounds = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    let waiting = {
+                        let mut state = rounds.state.lock().unwrap_or_else(|p| p.into_inner());
+                        let waiting = std::mem::take(&mut state.1);
+                        // Decided under the lock: a caller that queues after this sees no
+                        // running task and starts one.
+                        state.0 = !waiting.is_empty();
+                        waiting
+                    };
+                    if waiting.is_empty() {
+                        return;
+                    }
+                    let result = round().await;
+                    for tx in waiting {
+                        let _ = tx.send(result.clone());
+                    }
+                }
+            });
+        }
+        rx.await.ok()
+    }
+}
+
+/// What a leader's read-index round yields.
+type LeaderRound = Result<u64, RaftError<NodeId, CheckIsLeaderError<NodeId, Member>>>;
+
 struct Pending {
     command: Command,
     reply: oneshot::Sender<Result<CommandResult, ProposeError>>,
@@ -69,6 +136,11 @@ struct Submitter {
     /// index may have been committed and acknowledged before the crash, so reads in that term
     /// wait until they are applied.
     startup: (u64, u64),
+    /// Leadership checks shared by concurrent reads on this member (as leader).
+    leader_rounds: Arc<Rounds<LeaderRound>>,
+    /// Read-index requests to the leader shared by concurrent reads on this member (as a
+    /// follower); `None`: no index this round (no leader, refused, unreachable), retry.
+    forward_rounds: Arc<Rounds<Option<u64>>>,
 }
 
 #[derive(Clone)]
@@ -101,6 +173,8 @@ impl RaftHandle {
             leases,
             election_timeout,
             startup,
+            leader_rounds: Rounds::new(),
+            forward_rounds: Rounds::new(),
         };
         let (queue, rx) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
         tokio::spawn(batch_loop(submitter.clone(), rx));
@@ -475,11 +549,48 @@ impl Submitter {
         }
     }
 
+    /// The read index as leader, from a leadership check shared with concurrent callers (see
+    /// [`Rounds`]).
+    async fn leader_read_index(&self) -> LeaderRound {
+        let submitter = self.clone();
+        let round = move || {
+            let submitter = submitter.clone();
+            async move { submitter.leader_read_index_now().await }
+        };
+        match self.leader_rounds.join(round).await {
+            Some(result) => result,
+            None => Err(RaftError::Fatal(openraft::error::Fatal::Stopped)),
+        }
+    }
+
+    /// A read index from the leader, through a request shared with concurrent callers on
+    /// this follower (see [`Rounds`]); `None`: retry.
+    async fn forwarded_read_index(&self) -> Option<u64> {
+        let submitter = self.clone();
+        let round = move || {
+            let submitter = submitter.clone();
+            async move { submitter.forwarded_read_index_now().await }
+        };
+        self.forward_rounds.join(round).await.flatten()
+    }
+
+    async fn forwarded_read_index_now(&self) -> Option<u64> {
+        let leader = self.raft.metrics().borrow().current_leader?;
+        // Became the leader meanwhile: the callers retry and take the leader's path.
+        if leader == self.id {
+            return None;
+        }
+        let member = self.member(leader)?;
+        match self.clients.read_index(leader, &member, self.timeout).await {
+            Ok(r) if !r.not_leader => Some(r.index),
+            // Reads have no effect, so any failure can be retried.
+            Ok(_) | Err(_) => None,
+        }
+    }
+
     /// openraft's read log id, raised to the last log index at startup while leading in the
     /// term this member started in (see `startup`).
-    async fn leader_read_index(
-        &self,
-    ) -> Result<u64, RaftError<NodeId, CheckIsLeaderError<NodeId, Member>>> {
+    async fn leader_read_index_now(&self) -> LeaderRound {
         let (read_log_id, _) = self.raft.get_read_log_id().await?;
         let index = read_log_id.map_or(0, |l| l.index);
         let (term, last) = self.startup;
@@ -505,15 +616,10 @@ impl Submitter {
                     Ok(Err(RaftError::Fatal(_))) => return Err(ProposeError::Stopped),
                 }
             } else {
-                let Some(member) = self.member(leader) else {
-                    self.backoff(deadline).await?;
-                    continue;
-                };
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                match self.clients.read_index(leader, &member, remaining).await {
-                    Ok(r) if !r.not_leader => Some(r.index),
-                    // Reads have no effect, so any failure can be retried.
-                    Ok(_) | Err(_) => {
+                match timeout_at(deadline, self.forwarded_read_index()).await {
+                    Err(_) => return Err(ProposeError::Timeout),
+                    Ok(Some(index)) => Some(index),
+                    Ok(None) => {
                         self.backoff(deadline).await?;
                         continue;
                     }
