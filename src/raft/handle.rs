@@ -33,8 +33,12 @@ use crate::storage::state::StateStore;
 
 /// Commands per Raft entry at most.
 const MAX_BATCH: usize = 1024;
-/// Raft entries proposed concurrently by one member at most.
-const MAX_IN_FLIGHT: usize = 4;
+/// Raft entries proposed concurrently by one member at most. One: openraft 0.9 appends each
+/// proposal and waits for its fsync inside its core loop before it replicates anything, so
+/// entries in flight together do not share fsyncs or overlap them, they only split the load
+/// into more, smaller entries (more fsyncs, more messages). Measured at 64 clients, 3 members:
+/// 6.8k puts/s, p99 15 ms with 1; 5.9-6.3k, 16-18 ms with 2; 5.4k, 21-23 ms with 4.
+const MAX_IN_FLIGHT: usize = 1;
 /// Pause before retrying after a leader change or an unreachable leader.
 const RETRY_BACKOFF: Duration = Duration::from_millis(20);
 
@@ -176,7 +180,7 @@ impl RaftHandle {
             leader_rounds: Rounds::new(),
             forward_rounds: Rounds::new(),
         };
-        let (queue, rx) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
+        let (queue, rx) = mpsc::channel(MAX_BATCH * 2);
         tokio::spawn(batch_loop(submitter.clone(), rx));
         let metrics = Metrics::new();
         tokio::spawn(count_leader_changes(
