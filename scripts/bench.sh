@@ -82,7 +82,7 @@ run() { # name round target endpoints args...
   local line
   line=$("$CORRAL" bench --json --endpoints "$eps" "$@")
   echo "{\"case\":\"$name\",\"round\":$round,\"target\":\"$target\",\"report\":$line}" >> "$RESULTS"
-  echo "corral bench --endpoints <$target: $eps> $*" >> "$COMMANDS"
+  echo "corral bench --json --endpoints <$target${ROLE:+ $ROLE}: $eps> $*" >> "$COMMANDS"
   echo "$name [$round] $target: $line"
 }
 both() { # name round first-target args... (first-target runs first; the other right after)
@@ -97,7 +97,7 @@ one_client() { # name round first-target which(leader|follower)
   for t in $first $([ "$first" = corral ] && echo etcd || echo corral); do
     if [ "$t" = corral ]; then [ "$which" = leader ] && ep=$C_LEADER || ep=$C_FOLLOWER
     else [ "$which" = leader ] && ep=$E_LEADER || ep=$E_FOLLOWER; fi
-    run "$name" "$round" "$t" "$ep" --workload put --clients 1 --conns 1 --total "$(n 1500)"
+    ROLE=$which run "$name" "$round" "$t" "$ep" --workload put --clients 1 --conns 1 --total "$(n 1500)"
   done
 }
 n() { echo $(( $1 * SCALE )); }
