@@ -22,7 +22,7 @@
 //!   DeleteRange / Txn / Compact — pure and deterministic over an ordered `Backend`.
 //! - [`lease`]: the lease table (applied, deterministic) and the leader-only expiry clock that
 //!   proposes revocations; keep-alives never go through Raft.
-//! - [`storage`]: the Raft log store (append-only segments, group commit) and the sled
+//! - [`storage`]: sled, and nothing else names it: the Raft log store (group commit) and the
 //!   state-machine store (one atomic batch per apply).
 //! - [`watch`]: the hub that fans applied events out to watch streams without ever blocking
 //!   apply; streams that fall behind catch up from stored history.

@@ -1,8 +1,8 @@
-//! Storage: the only module that names sled.
+//! sled storage: the only module that names sled.
 //!
-//! Each member keeps under its data dir `raft-log`, append-only segment files holding the log
-//! entries and the vote (synced before openraft is told they are durable, see [`log_store`]),
-//! and `state`, the sled database of the state machine.
+//! Each member has two sled databases under its data dir: `raft-log` (log entries and vote,
+//! flushed before openraft is told they are durable) and `state` (the state machine). Keeping
+//! them apart means a log flush carries only log bytes.
 pub mod backup;
 pub mod log_store;
 pub mod state;
