@@ -15,7 +15,8 @@ use crate::pb::etcdserverpb::kv_client::KvClient;
 use crate::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use crate::pb::etcdserverpb::{
     Member, MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
-    MemberUpdateRequest, RangeRequest, SnapshotRequest, StatusRequest, StatusResponse,
+    MemberUpdateRequest, RangeRequest, ResponseHeader, SnapshotRequest, StatusRequest,
+    StatusResponse,
 };
 use crate::storage::backup;
 
@@ -162,6 +163,28 @@ fn member_row(m: &Member) -> Vec<String> {
     ]
 }
 
+/// What `member remove|promote|update` print: the member list after the change as json,
+/// else one line saying what happened.
+fn report_change(
+    settings: &Settings,
+    header: Option<&ResponseHeader>,
+    members: &[Member],
+    id: u64,
+    what: &str,
+) -> Result<()> {
+    match settings.format {
+        Format::Json => emit_json(&json!({
+            "header": output::header_json(header),
+            "members": members.iter().map(member_json).collect::<Vec<_>>(),
+        })),
+        _ => emit(&format!(
+            "Member {} {what} cluster {}\n",
+            hex_id(id),
+            hex_id(header.map_or(0, |h| h.cluster_id))
+        )),
+    }
+}
+
 fn member_json(m: &Member) -> Value {
     json!({
         "id": hex_id(m.id),
@@ -277,17 +300,13 @@ pub async fn member(
                     .into_inner())
             })
             .await?;
-            match settings.format {
-                Format::Json => emit_json(&json!({
-                    "header": output::header_json(r.header.as_ref()),
-                    "members": r.members.iter().map(member_json).collect::<Vec<_>>(),
-                })),
-                _ => emit(&format!(
-                    "Member {} removed from cluster {}\n",
-                    hex_id(a.id),
-                    hex_id(r.header.as_ref().map_or(0, |h| h.cluster_id))
-                )),
-            }
+            report_change(
+                &settings,
+                r.header.as_ref(),
+                &r.members,
+                a.id,
+                "removed from",
+            )
         }
         MemberCommand::Promote(a) => {
             let settings = resolve(&a.g)?;
@@ -299,17 +318,13 @@ pub async fn member(
                     .into_inner())
             })
             .await?;
-            match settings.format {
-                Format::Json => emit_json(&json!({
-                    "header": output::header_json(r.header.as_ref()),
-                    "members": r.members.iter().map(member_json).collect::<Vec<_>>(),
-                })),
-                _ => emit(&format!(
-                    "Member {} promoted in cluster {}\n",
-                    hex_id(a.id),
-                    hex_id(r.header.as_ref().map_or(0, |h| h.cluster_id))
-                )),
-            }
+            report_change(
+                &settings,
+                r.header.as_ref(),
+                &r.members,
+                a.id,
+                "promoted in",
+            )
         }
         MemberCommand::Update(a) => {
             let settings = resolve(&a.g)?;
@@ -327,17 +342,7 @@ pub async fn member(
                     .into_inner())
             })
             .await?;
-            match settings.format {
-                Format::Json => emit_json(&json!({
-                    "header": output::header_json(r.header.as_ref()),
-                    "members": r.members.iter().map(member_json).collect::<Vec<_>>(),
-                })),
-                _ => emit(&format!(
-                    "Member {} updated in cluster {}\n",
-                    hex_id(a.id),
-                    hex_id(r.header.as_ref().map_or(0, |h| h.cluster_id))
-                )),
-            }
+            report_change(&settings, r.header.as_ref(), &r.members, a.id, "updated in")
         }
     }
 }

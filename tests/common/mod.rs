@@ -80,6 +80,35 @@ impl Reserved {
     }
 }
 
+/// A member's configuration as the harness runs it: loopback addresses, fast Raft timing,
+/// no metrics port, then `extra` flags.
+fn member_config(
+    name: &str,
+    data: &std::path::Path,
+    client: SocketAddr,
+    peer: SocketAddr,
+    initial: &str,
+    extra: &[&str],
+) -> Config {
+    let base = [
+        "corral".to_string(),
+        format!("--name={name}"),
+        format!("--data-dir={}", data.display()),
+        format!("--listen-client-urls=http://{client}"),
+        format!("--advertise-client-urls=http://{client}"),
+        format!("--listen-peer-urls=http://{peer}"),
+        format!("--initial-advertise-peer-urls=http://{peer}"),
+        format!("--initial-cluster={initial}"),
+        "--listen-metrics-urls=".to_string(),
+        "--heartbeat-interval=50".to_string(),
+        "--election-timeout=500".to_string(),
+        "--watch-progress-notify-interval=300ms".to_string(),
+    ];
+    let args = Args::try_parse_from(base.into_iter().chain(extra.iter().map(|s| s.to_string())))
+        .expect("args");
+    args.serve.validate().expect("valid config")
+}
+
 /// Binds `addr`, retrying while a just-closed socket still holds it.
 async fn bind_again(addr: SocketAddr) -> TcpListener {
     eventually(
@@ -117,24 +146,7 @@ impl Cluster {
         for (i, (client, peer)) in bound.into_iter().enumerate() {
             let (c, p) = (client.local_addr().unwrap(), peer.local_addr().unwrap());
             let data = dir.path().join(format!("m{i}"));
-            let base = [
-                "corral".to_string(),
-                format!("--name=m{i}"),
-                format!("--data-dir={}", data.display()),
-                format!("--listen-client-urls=http://{c}"),
-                format!("--advertise-client-urls=http://{c}"),
-                format!("--listen-peer-urls=http://{p}"),
-                format!("--initial-advertise-peer-urls=http://{p}"),
-                format!("--initial-cluster={initial}"),
-                "--listen-metrics-urls=".to_string(),
-                "--heartbeat-interval=50".to_string(),
-                "--election-timeout=500".to_string(),
-                "--watch-progress-notify-interval=300ms".to_string(),
-            ];
-            let args =
-                Args::try_parse_from(base.into_iter().chain(extra.iter().map(|s| s.to_string())))
-                    .expect("args");
-            let cfg = args.serve.validate().expect("valid config");
+            let cfg = member_config(&format!("m{i}"), &data, c, p, &initial, extra);
             slots.push(Slot {
                 cfg,
                 client: c,
@@ -189,23 +201,7 @@ impl Cluster {
             self.initial.clone()
         };
         let data = self._dir.path().join(name);
-        let base = [
-            "corral".to_string(),
-            format!("--name={name}"),
-            format!("--data-dir={}", data.display()),
-            format!("--listen-client-urls=http://{c}"),
-            format!("--advertise-client-urls=http://{c}"),
-            format!("--listen-peer-urls=http://{p}"),
-            format!("--initial-advertise-peer-urls=http://{p}"),
-            format!("--initial-cluster={initial}"),
-            "--listen-metrics-urls=".to_string(),
-            "--heartbeat-interval=50".to_string(),
-            "--election-timeout=500".to_string(),
-        ];
-        let args =
-            Args::try_parse_from(base.into_iter().chain(extra.iter().map(|s| s.to_string())))
-                .expect("args");
-        let mut cfg = args.serve.validate().expect("valid config");
+        let mut cfg = member_config(name, &data, c, p, &initial, extra);
         let listeners = Listeners {
             client: vec![reserved.client],
             peer: reserved.peer,
