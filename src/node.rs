@@ -362,6 +362,17 @@ async fn resolve_identity(cfg: &Config, clients: &PeerClients) -> anyhow::Result
     Ok(identity)
 }
 
+/// The peer URLs in `--initial-cluster` other than this member's own: whom a joining member
+/// asks.
+fn others_peer_urls(cfg: &Config) -> Vec<String> {
+    cfg.initial_cluster
+        .iter()
+        .flat_map(|m| m.peer_urls.iter())
+        .filter(|u| !cfg.advertise_peer_urls.contains(u))
+        .cloned()
+        .collect()
+}
+
 /// How long a joining member keeps asking before it gives up (the cluster may be starting
 /// at the same time, as pods of a StatefulSet do).
 const JOIN_PATIENCE: Duration = Duration::from_secs(300);
@@ -369,12 +380,7 @@ const JOIN_PATIENCE: Duration = Duration::from_secs(300);
 async fn ask_cluster_identity(cfg: &Config, clients: &PeerClients) -> anyhow::Result<Identity> {
     let mut mine = cfg.advertise_peer_urls.clone();
     mine.sort();
-    let urls: Vec<&String> = cfg
-        .initial_cluster
-        .iter()
-        .flat_map(|m| m.peer_urls.iter())
-        .filter(|u| !mine.contains(u))
-        .collect();
+    let urls = others_peer_urls(cfg);
     if urls.is_empty() {
         anyhow::bail!(
             "joining an existing cluster needs the peer URLs of its members in --initial-cluster"
@@ -439,13 +445,7 @@ async fn join(
         peer_urls: cfg.advertise_peer_urls.clone(),
         client_urls: cfg.advertise_client_urls.clone(),
     };
-    let urls: Vec<String> = cfg
-        .initial_cluster
-        .iter()
-        .flat_map(|m| m.peer_urls.iter())
-        .filter(|u| !me.peer_urls.contains(u))
-        .cloned()
-        .collect();
+    let urls = others_peer_urls(&cfg);
     let request = MembershipRequest::Join {
         id: handle.id(),
         member: me.clone(),
