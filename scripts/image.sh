@@ -84,7 +84,7 @@ if [ "$mode" != image ]; then
 fi
 
 if [ "${#tags[@]}" -eq 0 ]; then
-    version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)"
+    version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | sed -n 1p)"
     tags=("corral:${version:-dev}" "corral:latest")
 fi
 

@@ -44,7 +44,7 @@ find_vendored() {
     local locked=""
     if [ -f "$root_dir/Cargo.lock" ]; then
         locked="$(grep -A1 "^name = \"$crate\"\$" "$root_dir/Cargo.lock" |
-            sed -n 's/^version = "\(.*\)"$/\1/p' | head -n1)"
+            sed -n 's/^version = "\(.*\)"$/\1/p' | sed -n 1p)"
     fi
     local candidates
     candidates="$(find "$registry" -maxdepth 4 -path "*/$crate-*/bin/protoc" 2>/dev/null | sort -V -r)"
