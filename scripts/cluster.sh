@@ -40,7 +40,9 @@ running_pid() {
     [ -f "$pidfile" ] || return 1
     pid="$(cat "$pidfile")"
     [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "--name n$1 " || return 1
+    local cmdline
+    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline")" || return 1
+    grep -q -- "--name n$1 " <<<"$cmdline" || return 1
     echo "$pid"
 }
 

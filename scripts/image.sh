@@ -70,7 +70,11 @@ build_binary() {
         CARGO_PROFILE_DEV_DEBUG=false \
         "$CARGO" build --locked --profile "$profile" --target "$TARGET" --bin corral >&2
     # A dynamic binary would build an image that cannot start (no loader, no libc in it).
-    if readelf -l "$BINARY" | grep -q 'INTERP' || readelf -d "$BINARY" | grep -q '(NEEDED)'; then
+    # readelf's output is read whole first: `readelf | grep -q` under pipefail fails with
+    # SIGPIPE when grep stops at the first match, which would hide a dynamic binary.
+    local headers
+    headers="$(readelf -l -d "$BINARY")"
+    if grep -q -e 'INTERP' -e '(NEEDED)' <<<"$headers"; then
         log "$BINARY is not statically linked"
         readelf -d "$BINARY" | grep '(NEEDED)' >&2 || true
         exit 1
