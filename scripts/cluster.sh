@@ -10,7 +10,9 @@
 # 12379/12380/12381). Everything lives under $CLUSTER_DIR (default ./corral.cluster):
 # n<i>.data/ (data dir), n<i>.log (stderr), n<i>.pid. A stopped cluster restarts from its
 # data; `rm -rf corral.cluster` after `stop` starts over. CORRAL_BIN picks the binary
-# (default target/debug/corral, which `make cluster` builds first).
+# (default target/debug/corral, which `make cluster` builds first). CLUSTER_PORTS, nine port
+# numbers (client, peer, ops of n1, then n2, then n3), replaces the fixed ports (tests use it).
+# The members ignore CORRAL_* variables of the calling shell: the flags below say it all.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,11 +23,23 @@ MEMBERS=(1 2 3)
 START_DEADLINE_S=60
 STOP_DEADLINE_S=20
 
-peer_url() { echo "http://127.0.0.1:${1}2380"; }
-client_url() { echo "http://127.0.0.1:${1}2379"; }
+if [ -n "${CLUSTER_PORTS:-}" ]; then
+    read -r -a PORTS <<<"$CLUSTER_PORTS"
+    if [ "${#PORTS[@]}" -ne 9 ]; then
+        echo "cluster.sh: CLUSTER_PORTS needs nine ports (client, peer, ops of n1, n2, n3)" >&2
+        exit 2
+    fi
+else
+    PORTS=(12379 12380 12381 22379 22380 22381 32379 32380 32381)
+fi
+# Port of member $1 (1..3), kind $2 (0 client, 1 peer, 2 ops).
+port() { echo "${PORTS[$((3 * ($1 - 1) + $2))]}"; }
+client_url() { echo "http://127.0.0.1:$(port "$1" 0)"; }
+peer_url() { echo "http://127.0.0.1:$(port "$1" 1)"; }
+ops_url() { echo "http://127.0.0.1:$(port "$1" 2)"; }
 endpoints() {
     local out=() i
-    for i in "${MEMBERS[@]}"; do out+=("127.0.0.1:${i}2379"); done
+    for i in "${MEMBERS[@]}"; do out+=("127.0.0.1:$(port "$i" 0)"); done
     (IFS=,; echo "${out[*]}")
 }
 initial_cluster() {
@@ -52,8 +66,8 @@ print_endpoints() {
     for i in "${MEMBERS[@]}"; do
         local state=stopped pid
         if pid="$(running_pid "$i")"; then state="pid $pid"; fi
-        printf '  n%s  client %s  peer %s  ops http://127.0.0.1:%s2381  (%s)\n' \
-            "$i" "$(client_url "$i")" "$(peer_url "$i")" "$i" "$state"
+        printf '  n%s  client %s  peer %s  ops %s  (%s)\n' \
+            "$i" "$(client_url "$i")" "$(peer_url "$i")" "$(ops_url "$i")" "$state"
     done
     echo "  clients:  --endpoints $(endpoints)"
     echo "  e.g.      $CORRAL_BIN --endpoints $(endpoints) kv put greeting hello"
@@ -63,29 +77,43 @@ print_endpoints() {
 start() {
     [ -x "$CORRAL_BIN" ] || { echo "cluster.sh: $CORRAL_BIN not found (run make build)" >&2; exit 1; }
     mkdir -p "$CLUSTER_DIR"
-    local i started=()
+    local i started=() unset_env=() var
+    # A CORRAL_INITIAL_CLUSTER_STATE=existing or CORRAL_AUTO_LEARNER left in the user's shell
+    # would change what the members do; the flags below are the whole configuration.
+    for var in $(compgen -e); do
+        case "$var" in CORRAL_*) unset_env+=(-u "$var") ;; esac
+    done
     for i in "${MEMBERS[@]}"; do
         if running_pid "$i" >/dev/null; then continue; fi
         # setsid: the members outlive this script and the terminal's Ctrl-C. NO_COLOR: the
         # logs are files, to be read with less or grep.
-        NO_COLOR=1 setsid "$CORRAL_BIN" serve --name "n$i" --data-dir "$CLUSTER_DIR/n$i.data" \
+        env "${unset_env[@]}" NO_COLOR=1 setsid "$CORRAL_BIN" serve --name "n$i" \
+            --data-dir "$CLUSTER_DIR/n$i.data" \
             --listen-client-urls "$(client_url "$i")" --advertise-client-urls "$(client_url "$i")" \
             --listen-peer-urls "$(peer_url "$i")" --initial-advertise-peer-urls "$(peer_url "$i")" \
-            --listen-metrics-urls "http://127.0.0.1:${i}2381" \
+            --listen-metrics-urls "$(ops_url "$i")" \
             --initial-cluster "$(initial_cluster)" \
             </dev/null >>"$CLUSTER_DIR/n$i.log" 2>&1 &
         echo $! >"$CLUSTER_DIR/n$i.pid"
-        started+=("n$i")
+        started+=("$i")
     done
-    [ "${#started[@]}" -gt 0 ] && echo "started ${started[*]}; waiting for every member to serve reads"
+    if [ "${#started[@]}" -gt 0 ]; then
+        echo "started$(printf ' n%s' "${started[@]}"); waiting for every member to serve reads"
+    fi
     local deadline=$((SECONDS + START_DEADLINE_S))
     for i in "${MEMBERS[@]}"; do
-        until "$CORRAL_BIN" --endpoints "127.0.0.1:${i}2379" --command-timeout 2s \
+        until "$CORRAL_BIN" --endpoints "127.0.0.1:$(port "$i" 0)" --command-timeout 2s \
             endpoint health >/dev/null 2>&1; do
             # kill -0, not running_pid: a member just forked may not have exec'd corral yet.
             if ! kill -0 "$(cat "$CLUSTER_DIR/n$i.pid")" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
                 echo "cluster.sh: member n$i is not serving; the end of $CLUSTER_DIR/n$i.log:" >&2
                 tail -n 20 "$CLUSTER_DIR/n$i.log" >&2 || true
+                # Half a cluster helps nobody: stop what this call started (data is kept).
+                local j pid
+                for j in "${started[@]}"; do
+                    if pid="$(running_pid "$j")"; then kill -TERM "$pid" 2>/dev/null || true; fi
+                    rm -f "$CLUSTER_DIR/n$j.pid"
+                done
                 exit 1
             fi
             sleep 0.2
@@ -122,5 +150,5 @@ case "${1:-}" in
 start) start ;;
 stop) stop ;;
 status) print_endpoints ;;
-*) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+*) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
