@@ -366,8 +366,29 @@ async fn znode_commands_in_simple_table_and_json() {
     );
     assert!(!f.run(&["ls", "/"]).ok().contains("scripted"));
 
-    // Failover: a dead endpoint first, then the live one.
+    // The flags after `shell` beat those before it for every command typed, not only for
+    // the session (a dead endpoint before, the live one and JSON after); a typed command's
+    // own flags beat both.
     let dead = format!("127.0.0.1:{}", free_port());
+    let script = "create /sh x\nget /sh\nkv put shk v\nkv get shk\nkv get shk -w simple\nquit\n";
+    let out = run_with(
+        &dead,
+        &["shell", "--endpoints", &f.ep(), "--write-out", "json"],
+        script,
+        f.home.path(),
+    );
+    let lines: Vec<&str> = out.ok().lines().collect();
+    assert_eq!(lines.len(), 6, "{out:?}");
+    let doc = |i: usize| -> Value {
+        serde_json::from_str(lines[i]).unwrap_or_else(|e| panic!("line {i}: {e}: {out:?}"))
+    };
+    assert_eq!(doc(0)["path"], "/sh");
+    assert_eq!(doc(1)["data"], "x");
+    assert!(doc(2)["header"]["revision"].as_i64().unwrap() > 0);
+    assert_eq!(doc(3)["kvs"][0]["value"], "v");
+    assert_eq!(lines[4..], ["shk", "v"]);
+
+    // Failover: a dead endpoint first, then the live one.
     let both = format!("{dead},http://{}", f.ep());
     let out = run_with(&both, &["get", "/ttl"], "", f.home.path());
     assert_eq!(out.ok(), "\n");
@@ -921,13 +942,25 @@ async fn the_shell_on_a_terminal() {
         .expect("shell exercise");
 }
 
+/// A shell whose flags all come after `shell`; the environment names a dead endpoint, so a
+/// command that ignored them would fail.
 fn spawn_shell(ep: &str, home: &std::path::Path) -> rexpect::session::PtySession {
     let mut c = Command::new(BIN);
     c.args(["shell", "--endpoints", ep, "--session-timeout", "5000"])
-        .env_remove("CORRAL_ENDPOINTS")
+        .env("CORRAL_ENDPOINTS", format!("127.0.0.1:{}", free_port()))
         .env("HOME", home)
         .env("TERM", "xterm");
     rexpect::session::spawn_command(c, Some(15_000)).expect("spawn corral shell")
+}
+
+/// A shell that has left (its terminal closed) exited with code 0.
+#[track_caller]
+fn assert_exited_0(s: &rexpect::session::PtySession) {
+    use rexpect::process::WaitStatus;
+    match s.process().wait() {
+        Ok(WaitStatus::Exited(_, 0)) => {}
+        other => panic!("the shell did not exit with 0: {other:?}"),
+    }
 }
 
 /// Waits for the prompt numbered `n` (rustyline reads keys only once it is drawn).
@@ -950,6 +983,13 @@ fn shell_exercise(ep: &str, home: &std::path::Path) {
         .unwrap();
     a.exp_string("Created /teste/efemero").unwrap();
     prompt(&mut a, 3);
+    // The etcd commands typed in the shell go to the shell's --endpoints too.
+    a.send_line("kv put saudacao ola").unwrap();
+    a.exp_string("OK").unwrap();
+    prompt(&mut a, 4);
+    a.send_line("kv get saudacao").unwrap();
+    a.exp_string("saudacao\r\nola").unwrap();
+    prompt(&mut a, 5);
 
     // A second shell sees the ephemeral and watches it.
     let mut b = spawn_shell(ep, home);
@@ -976,6 +1016,7 @@ fn shell_exercise(ep: &str, home: &std::path::Path) {
     // watches fire while it sits at its prompt.
     a.send_line("quit").unwrap();
     a.exp_eof().expect("the first shell exits");
+    assert_exited_0(&a);
     let mut fired = Vec::new();
     for _ in 0..2 {
         let (_, line) = b
@@ -1008,6 +1049,7 @@ fn shell_exercise(ep: &str, home: &std::path::Path) {
     prompt(&mut b, 8);
     b.send_line("exit").unwrap();
     b.exp_eof().expect("the second shell exits");
+    assert_exited_0(&b);
     assert!(home.join(".corral_history").exists());
 }
 

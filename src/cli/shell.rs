@@ -24,7 +24,7 @@ use rustyline::{CompletionType, Config, Editor, Helper};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::conn::{Conn, Settings, ZkGlobals};
+use super::conn::{Conn, ConnArgs, Settings, ZkGlobals};
 use super::output::{self, Format};
 use super::znode::{self, Step, WatchCmd, WatchMode, WatchSet};
 use super::{bounded, words, CliError, Command, Result};
@@ -424,8 +424,27 @@ async fn run_watches(mut set: WatchSet, state: Arc<State>, printer: Arc<Printer>
     }
 }
 
+/// The flags given after `shell` laid over those given before it: the defaults for the
+/// session and for every command typed (a typed command's own flags still beat both).
+fn overlay(top: &ZkGlobals, shell: &ZkGlobals) -> ZkGlobals {
+    let endpoints = if shell.conn.endpoints.is_empty() {
+        top.conn.endpoints.clone()
+    } else {
+        shell.conn.endpoints.clone()
+    };
+    ZkGlobals {
+        conn: ConnArgs {
+            endpoints,
+            dial_timeout: shell.conn.dial_timeout.or(top.conn.dial_timeout),
+            command_timeout: shell.conn.command_timeout.or(top.conn.command_timeout),
+        },
+        write_out: shell.write_out.or(top.write_out),
+    }
+}
+
 pub fn run(runtime: &tokio::runtime::Runtime, top: &ZkGlobals, args: ShellArgs) -> Result<()> {
-    let settings = Settings::resolve(&top.conn, top.write_out, &args.g.conn, args.g.write_out)?;
+    let top = &overlay(top, &args.g);
+    let settings = Settings::resolve(&top.conn, top.write_out, &ConnArgs::default(), None)?;
     let (conn, session, timeout_ms) = runtime.block_on(bounded(&settings, async {
         let conn = Conn::connect(&settings).await?;
         let (id, t) = open_session(&conn, args.session_timeout).await?;
