@@ -342,6 +342,214 @@ async fn snapshot_restores_into_a_new_cluster_with_the_same_data_and_hash() {
     cluster.shutdown().await;
 }
 
+/// Restores `file` into `n` founding members (the same file into each, as
+/// docs/operations.md says) and starts them as one new cluster; returns their endpoints, once
+/// every member knows the same leader.
+async fn restore_cluster(file: &Path, dir: &Path, n: usize) -> (Vec<Node>, Vec<String>) {
+    let mut bound = Vec::new();
+    for _ in 0..n {
+        let client = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let peer = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        bound.push((client, peer));
+    }
+    let initial: Vec<String> = bound
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("r{i}=http://{}", p.local_addr().unwrap()))
+        .collect();
+    let initial = initial.join(",");
+    let mut starting = Vec::new();
+    let mut endpoints = Vec::new();
+    for (i, (client, peer)) in bound.into_iter().enumerate() {
+        let (c, p) = (client.local_addr().unwrap(), peer.local_addr().unwrap());
+        let cluster_flags = [
+            format!("--name=r{i}"),
+            format!("--data-dir={}", dir.join(format!("r{i}")).display()),
+            format!("--initial-cluster={initial}"),
+            format!("--initial-advertise-peer-urls=http://{p}"),
+            "--initial-cluster-token=restored-3".to_string(),
+        ];
+        let mut restore = vec!["snapshot", "restore", file.to_str().unwrap()];
+        restore.extend(cluster_flags.iter().map(String::as_str));
+        let (code, out, err) = corral(&restore).await;
+        assert_eq!(code, 0, "restore of r{i} failed: {out}{err}");
+        let mut serve = vec![
+            "corral".to_string(),
+            format!("--listen-client-urls=http://{c}"),
+            format!("--advertise-client-urls=http://{c}"),
+            format!("--listen-peer-urls=http://{p}"),
+            "--listen-metrics-urls=".to_string(),
+            "--heartbeat-interval=50".to_string(),
+            "--election-timeout=500".to_string(),
+        ];
+        serve.extend(cluster_flags);
+        let cfg = Args::try_parse_from(serve)
+            .expect("args")
+            .serve
+            .validate()
+            .expect("valid config");
+        let listeners = Listeners {
+            client: vec![client],
+            peer,
+            metrics: None,
+        };
+        // Every founder starts before any is waited on: they need each other to elect.
+        starting.push(tokio::spawn(Node::start(cfg, listeners)));
+        endpoints.push(format!("http://{c}"));
+    }
+    let mut nodes = Vec::new();
+    for task in starting {
+        nodes.push(task.await.expect("join").expect("restored member starts"));
+    }
+    eventually(
+        "the restored members agree on a leader",
+        Duration::from_secs(30),
+        || {
+            let leaders: Vec<_> = nodes.iter().map(|n| n.handle.leader()).collect();
+            async move {
+                let first = leaders[0]?;
+                leaders.iter().all(|l| *l == Some(first)).then_some(())
+            }
+        },
+    )
+    .await;
+    (nodes, endpoints)
+}
+
+/// A backup streamed while writes and a compaction run is one consistent revision: restored
+/// into three founding members, each has the original's HashKV at that revision (once
+/// compacted as far as the original, if the backup was cut before the compaction applied),
+/// and the restored cluster replicates new writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_under_writes_and_compaction_restores_into_three_members() {
+    let cluster = Cluster::start(3).await;
+    let mut kv = cluster.client(0).await;
+    for i in 0..300 {
+        kv.put(format!("k{:03}", i % 150), vec![b'v'; 512], None)
+            .await
+            .expect("put");
+    }
+
+    // Writes through another member for as long as the backup streams.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let mut w = cluster.client(1).await;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                w.put(format!("k{:03}", n % 150), format!("w{n}"), None)
+                    .await
+                    .expect("put during the backup");
+                n += 1;
+            }
+            n
+        })
+    };
+
+    let follower = (0..3)
+        .find(|&i| cluster.leader_seen_by(i) != Some(i))
+        .unwrap();
+    let backup = cluster.client(follower).await;
+    let mut stream = backup
+        .maintenance_client()
+        .snapshot()
+        .await
+        .expect("snapshot");
+    let first = stream
+        .message()
+        .await
+        .expect("first chunk")
+        .expect("a first chunk");
+    let rev = first.header().expect("header").revision();
+    // Compact below the backup's revision while it streams.
+    let compact_at = rev - 50;
+    kv.compact(compact_at, None).await.expect("compact");
+    let mut bytes = first.blob().to_vec();
+    while let Some(chunk) = stream.message().await.expect("chunk") {
+        bytes.extend_from_slice(chunk.blob());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.await.expect("writer");
+    assert!(writes > 0, "the writer ran during the backup");
+
+    let original = hash_kv(&cluster, follower, rev).await;
+    assert_eq!(original.2, compact_at);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.db");
+    std::fs::write(&file, &bytes).unwrap();
+    let (nodes, endpoints) = restore_cluster(&file, dir.path(), 3).await;
+    let mut restored = Client::connect(endpoints.clone(), None)
+        .await
+        .expect("connect");
+    let compacted = restored
+        .maintenance_client()
+        .hash_kv(rev)
+        .await
+        .expect("hash_kv")
+        .compact_version();
+    // The backup holds the store either side of the compaction; both are consistent.
+    assert!(
+        compacted == compact_at || compacted < compact_at,
+        "{compacted}"
+    );
+    if compacted < compact_at {
+        restored.compact(compact_at, None).await.expect("compact");
+    }
+    for ep in &endpoints {
+        let mut m = Client::connect([ep.clone()], None)
+            .await
+            .expect("connect")
+            .maintenance_client();
+        let h = eventually(
+            &format!("{ep} compacted to {compact_at}"),
+            Duration::from_secs(20),
+            || {
+                let mut m = m.clone();
+                async move {
+                    let h = m.hash_kv(rev).await.ok()?;
+                    (h.compact_version() == compact_at).then_some(h)
+                }
+            },
+        )
+        .await;
+        assert_eq!(
+            (h.hash(), h.hash_revision(), h.compact_version()),
+            original,
+            "restored member {ep}"
+        );
+        m.status().await.expect("status");
+    }
+
+    // The three restored founders are one cluster: a write lands on every one of them.
+    let put = restored.put("after", "restore", None).await.expect("put");
+    assert_eq!(put.header().unwrap().revision(), rev + 1);
+    for ep in &endpoints {
+        let mut c = Client::connect([ep.clone()], None).await.expect("connect");
+        eventually(
+            &format!("{ep} has the write made after the restore"),
+            Duration::from_secs(20),
+            || {
+                let mut c = c.clone();
+                async move {
+                    let opts = GetOptions::new().with_serializable();
+                    let got = c.get("after", Some(opts)).await.ok()?;
+                    (got.kvs().len() == 1).then_some(())
+                }
+            },
+        )
+        .await;
+        let members = c.member_list().await.expect("member list");
+        assert_eq!(members.members().len(), 3);
+    }
+
+    for node in nodes {
+        node.stop().await;
+    }
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_kv_agrees_on_every_member_and_refuses_bad_revisions() {
     let cluster = Cluster::start(3).await;
