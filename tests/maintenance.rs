@@ -490,10 +490,7 @@ async fn snapshot_under_writes_and_compaction_restores_into_three_members() {
         .expect("hash_kv")
         .compact_version();
     // The backup holds the store either side of the compaction; both are consistent.
-    assert!(
-        compacted == compact_at || compacted < compact_at,
-        "{compacted}"
-    );
+    assert!(compacted <= compact_at, "{compacted}");
     if compacted < compact_at {
         restored.compact(compact_at, None).await.expect("compact");
     }
