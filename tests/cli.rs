@@ -590,6 +590,21 @@ async fn kv_lease_and_txn_commands() {
         .json();
     assert_eq!(j["id"], id.as_str());
     assert_eq!(j["ttl"], 30);
+    // Streamed (as in etcdctl, simple lines whatever the format): a renewal every third of
+    // the TTL until interrupted, then exit 0.
+    let short = f.run(&["lease", "grant", "3", "-w", "json"]).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let renewing = f.start_cmd(&["lease", "keep-alive", &short, "-w", "table"]);
+    for _ in 0..2 {
+        assert_eq!(
+            renewing.line(),
+            format!("lease {short} keepalived with TTL(3)")
+        );
+    }
+    renewing.signal("INT");
+    assert_eq!(renewing.finish(), (0, String::new()));
     let j = f
         .run(&["lease", "timetolive", &id, "--keys", "-w", "json"])
         .json();
@@ -1117,4 +1132,48 @@ async fn watches_fail_over_without_losing_or_repeating_events() {
     run(&["create", "/f/d"]).ok();
     let v: Value = serde_json::from_str(&zk.line()).unwrap();
     assert_eq!(v["path"], "/f/d", "{v}");
+}
+
+/// `lease keep-alive` moves to the next endpoint when its member dies and keeps the lease
+/// alive from there, for longer than the TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_keep_alive_fails_over_and_keeps_the_lease() {
+    let mut cluster = ProcessCluster::start(3).await;
+    let home = tempfile::tempdir().expect("temp home");
+    let ep = |i: usize| format!("127.0.0.1:{}", cluster.members[i].client_port);
+    let all = format!("{},{},{}", ep(0), ep(1), ep(2));
+    let other = ep(1);
+    let run = |args: &[&str]| run_with(&other, args, "", home.path());
+    let ttl = 5;
+    let id = run(&["lease", "grant", &ttl.to_string(), "-w", "json"]).json()["id"]
+        .as_str()
+        .expect("lease id")
+        .to_string();
+    let renewed = format!("lease {id} keepalived with TTL({ttl})");
+
+    // It connects to the first endpoint.
+    let keeper = Running::start(&all, &["lease", "keep-alive", &id], home.path());
+    assert_eq!(keeper.line(), renewed);
+    cluster.kill(0);
+    let killed = Instant::now();
+    // Renewals go on (each answered with the full TTL: the lease never lapsed) for twice the
+    // TTL after the kill; a keep-alive that gave up would end the output early.
+    while killed.elapsed() < Duration::from_secs(2 * ttl) {
+        assert_eq!(keeper.line(), renewed);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = run(&["lease", "timetolive", &id, "-w", "json"]);
+        if out.code == 0 {
+            assert!(out.json()["ttl"].as_i64().unwrap() > 0, "{out:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timetolive never answered: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    keeper.signal("TERM");
+    assert_eq!(keeper.finish(), (0, String::new()));
 }

@@ -32,8 +32,9 @@ pub struct ConnArgs {
     /// Time to establish a connection to one endpoint (e.g. 2s, 500ms) [default: 2s]
     #[arg(long, value_parser = parse_duration, value_name = "DURATION", help_heading = "Global options")]
     pub dial_timeout: Option<Duration>,
-    /// Time for a whole command, failovers included (not for watch, lock, elect or
-    /// keep-alive, which run until interrupted) [default: 5s]
+    /// Time for a whole command, failovers included (watch, lock, elect and keep-alive run
+    /// until interrupted: for them, the time to connect, and for keep-alive each renewal)
+    /// [default: 5s]
     #[arg(long, value_parser = parse_duration, value_name = "DURATION", help_heading = "Global options")]
     pub command_timeout: Option<Duration>,
 }

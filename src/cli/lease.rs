@@ -173,47 +173,127 @@ pub(crate) async fn keep_alive_loop(mut conn: Conn, id: i64, every: Duration) ->
     }
 }
 
+/// Whether a keep-alive stream that ended with `code` may go on from another endpoint: the
+/// server only fails a stream for want of a leader (Unavailable); the rest is the connection.
+fn worth_retrying(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::Internal
+            | Code::DeadlineExceeded
+    )
+}
+
+/// How one keep-alive stream ended.
+enum StreamEnd {
+    /// Interrupted, or done (--once): exit 0.
+    Done,
+    /// The endpoint failed; `renewed`: whether it renewed the lease at least once.
+    Broken { renewed: bool },
+}
+
+/// etcdctl's `lease keep-alive`: renews every third of the TTL and prints each renewal until
+/// interrupted. When its endpoint fails it moves on to the next one (as watches do) and
+/// renews at once there; it ends with an error only when no endpoint answers or the lease is
+/// gone.
 async fn keep_alive(settings: &Settings, a: &KeepAliveArgs) -> Result<()> {
     let mut stop = Interrupt::new();
-    let conn = bounded(settings, Conn::connect(settings)).await?;
+    let renewing = keep_renewing(settings, a, &mut stop);
+    // --once is a one-shot command, failovers included.
+    if a.once {
+        bounded(settings, renewing).await
+    } else {
+        renewing.await
+    }
+}
+
+async fn keep_renewing(settings: &Settings, a: &KeepAliveArgs, stop: &mut Interrupt) -> Result<()> {
+    let mut conn = tokio::select! {
+        c = bounded(settings, Conn::connect(settings)) => c?,
+        _ = stop.wait() => return Ok(()),
+    };
+    loop {
+        match keep_alive_stream(settings, a, &conn, stop).await? {
+            StreamEnd::Done => return Ok(()),
+            StreamEnd::Broken { renewed } => {
+                // Every endpoint may be failing the same way (no leader during an election):
+                // pause before the next, rather than spin.
+                if !renewed {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        _ = stop.wait() => return Ok(()),
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            r = bounded(settings, conn.failover()) => r?,
+            _ = stop.wait() => return Ok(()),
+        }
+    }
+}
+
+/// One keep-alive stream on `conn`, until it breaks, the lease is gone or a signal comes.
+async fn keep_alive_stream(
+    settings: &Settings,
+    a: &KeepAliveArgs,
+    conn: &Conn,
+    stop: &mut Interrupt,
+) -> Result<StreamEnd> {
     let hex = hex_id(a.id as u64);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut stream = bounded(settings, async {
-        Ok(LeaseClient::new(conn.channel.clone())
-            .lease_keep_alive(UnboundedReceiverStream::new(rx))
-            .await?
-            .into_inner())
-    })
-    .await?;
+    let mut client = LeaseClient::new(conn.channel.clone());
+    let opening = client.lease_keep_alive(UnboundedReceiverStream::new(rx));
+    let opened = tokio::select! {
+        o = tokio::time::timeout(settings.command_timeout, opening) => o,
+        _ = stop.wait() => return Ok(StreamEnd::Done),
+    };
+    let mut stream = match opened {
+        Ok(Ok(s)) => s.into_inner(),
+        Ok(Err(s)) if !worth_retrying(s.code()) => {
+            return Err(CliError::from_status(&s, Some(conn.endpoint())))
+        }
+        Ok(Err(_)) | Err(_) => return Ok(StreamEnd::Broken { renewed: false }),
+    };
+    let mut renewed = false;
     loop {
         if tx.send(LeaseKeepAliveRequest { id: a.id }).is_err() {
-            return Err(CliError::new("keep-alive stream closed"));
+            return Ok(StreamEnd::Broken { renewed });
         }
+        // A member that stops answering (paused, cut off) is left once the wait for a renewal
+        // outlasts --command-timeout, as a failed one is.
         let msg = tokio::select! {
-            m = stream.message() => m,
-            _ = stop.wait() => return Ok(()),
+            m = tokio::time::timeout(settings.command_timeout, stream.message()) => m,
+            _ = stop.wait() => return Ok(StreamEnd::Done),
         };
         let r = match msg {
-            Ok(Some(r)) => r,
-            Ok(None) => return Err(CliError::new("keep-alive stream closed by the server")),
-            Err(s) => return Err(CliError::from_status(&s, Some(conn.endpoint()))),
+            Ok(Ok(Some(r))) => r,
+            Ok(Err(s)) if !worth_retrying(s.code()) => {
+                return Err(CliError::from_status(&s, Some(conn.endpoint())))
+            }
+            Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return Ok(StreamEnd::Broken { renewed }),
         };
         if r.ttl <= 0 {
             return Err(CliError::new(format!("lease {hex} expired or revoked")));
         }
+        renewed = true;
         match settings.format {
             Format::Json => emit_json(&json!({"id": hex, "ttl": r.ttl}))?,
+            // Streamed, so simple lines for table too (as etcdctl does).
             _ => emit(&format!("lease {hex} keepalived with TTL({})\n", r.ttl))?,
         }
         if a.once {
-            return Ok(());
+            return Ok(StreamEnd::Done);
         }
         // etcdctl's pace: a third of the TTL.
         let wait =
             Duration::from_millis((r.ttl as u64).saturating_mul(1000).div_euclid(3).max(100));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = stop.wait() => return Ok(()),
+            _ = stop.wait() => return Ok(StreamEnd::Done),
         }
     }
 }
