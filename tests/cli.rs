@@ -207,6 +207,20 @@ impl Fixture {
         run_with(&self.ep(), args, "", self.home.path())
     }
 
+    /// Polls until `path` does not exist (the leader reaps within a second or so).
+    #[track_caller]
+    fn wait_gone(&self, path: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = self.run(&["stat", path]);
+            if out.code == 1 && out.stderr.contains("Node does not exist") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{path} never went: {out:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn start_cmd(&self, args: &[&str]) -> Running {
         Running::start(&self.ep(), args, self.home.path())
     }
@@ -232,6 +246,23 @@ async fn znode_commands_in_simple_table_and_json() {
         "Created /ttl\n"
     );
     assert_eq!(f.run(&["create", "-c", "/box"]).ok(), "Created /box\n");
+    // The modes show in what the server does with them: a container goes once its last
+    // child does (a persistent parent in the same state, emptied first, stays); a TTL znode
+    // goes once unmodified and childless for its TTL (the one with a minute left stays).
+    f.run(&["create", "/plain"]).ok();
+    f.run(&["create", "/plain/kid"]).ok();
+    f.run(&["delete", "/plain/kid"]).ok();
+    f.run(&["create", "/box/kid"]).ok();
+    f.run(&["delete", "/box/kid"]).ok();
+    assert_eq!(
+        f.run(&["create", "-t", "300", "/brief"]).ok(),
+        "Created /brief\n"
+    );
+    f.wait_gone("/box");
+    f.wait_gone("/brief");
+    f.run(&["stat", "/plain"]).ok();
+    f.run(&["stat", "/ttl"]).ok();
+    f.run(&["delete", "/plain"]).ok();
     // Data that starts with a dash is data, not a flag.
     assert_eq!(f.run(&["create", "/neg", "-1"]).ok(), "Created /neg\n");
     assert_eq!(f.run(&["get", "/neg"]).ok(), "-1\n");
