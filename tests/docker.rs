@@ -1132,6 +1132,79 @@ async fn sidecar_app_reaches_its_member_on_localhost() {
     }
 
     p.step("every app read the others' writes");
+
+    // The application container exactly as deploy/kubernetes/sidecar.yaml runs it (its args
+    // and CORRAL_ENDPOINTS, in its sidecar's network namespace): every pod's application
+    // campaigns in one election through its own member, and one of them leads.
+    let (manifest_args, manifest_endpoints) = sidecar_manifest_app();
+    let mut apps = Vec::new();
+    for (pod, sidecar) in pods.iter().zip(&sidecars) {
+        let container = h.name(&format!("{pod}-app"));
+        h.track_container(&container);
+        let (label, netns) = (h.label(), format!("container:{sidecar}"));
+        let endpoints = format!("CORRAL_ENDPOINTS={manifest_endpoints}");
+        let args: Vec<String> = manifest_args
+            .iter()
+            .map(|a| a.replace("$(POD_NAME)", pod))
+            .collect();
+        let mut docker_args = vec![
+            "run",
+            "--detach",
+            "--name",
+            &container,
+            "--label",
+            &label,
+            "--network",
+            &netns,
+            "--env",
+            &endpoints,
+            "--read-only",
+            "--cap-drop",
+            "ALL",
+            &image,
+        ];
+        docker_args.extend(args.iter().map(String::as_str));
+        docker_ok(&docker_args).await;
+        apps.push(container);
+    }
+    let election = manifest_args
+        .get(1)
+        .cloned()
+        .expect("the manifest's app names an election");
+    let app_leader = |not: Option<usize>| {
+        let (ips, election) = (&ips, &election);
+        async move {
+            let options = ConnectOptions::new()
+                .with_connect_timeout(Duration::from_millis(700))
+                .with_timeout(Duration::from_secs(2));
+            let mut c = Client::connect([endpoint(&ips[0])], Some(options))
+                .await
+                .ok()?;
+            let r = c.leader(election.as_str()).await.ok()?;
+            let value = std::str::from_utf8(r.kv()?.value()).ok()?.to_string();
+            let i = pods.iter().position(|p| *p == value)?;
+            (Some(i) != not).then_some(i)
+        }
+    };
+    let first = eventually(
+        "one application leads the manifest's election",
+        CLUSTER_DEADLINE,
+        || app_leader(None),
+    )
+    .await;
+    p.step(&format!(
+        "the manifest's application on {} leads",
+        pods[first]
+    ));
+    // Its pod goes away (SIGTERM): it resigns, and another pod's application takes over.
+    docker_ok(&["stop", "--time", "10", &apps[first]]).await;
+    let next = eventually(
+        "another application leads once the first one stopped",
+        CLUSTER_DEADLINE,
+        || app_leader(Some(first)),
+    )
+    .await;
+    p.step(&format!("after its SIGTERM, {} leads", pods[next]));
     // The learner's own copy (a serializable read, no round trip to the leader) catches up.
     let values = ["kv", "get", "apps/", "--prefix", "--print-value-only"];
     let serializable = || {
@@ -1205,6 +1278,33 @@ async fn sidecar_app_reaches_its_member_on_localhost() {
         },
     )
     .await;
+}
+
+/// The application container of deploy/kubernetes/sidecar.yaml: its `args` (a JSON-style
+/// list in the manifest) and its CORRAL_ENDPOINTS value, so the test runs what users deploy.
+fn sidecar_manifest_app() -> (Vec<String>, String) {
+    let path = repo().join("deploy/kubernetes/sidecar.yaml");
+    let text = std::fs::read_to_string(&path).expect("read sidecar.yaml");
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let app = lines
+        .iter()
+        .position(|l| *l == "- name: app")
+        .expect("sidecar.yaml has a container named app");
+    let after = &lines[app..];
+    let args = after
+        .iter()
+        .find_map(|l| l.strip_prefix("args:"))
+        .expect("the app container has args");
+    let args: Vec<String> = serde_json::from_str(args.trim()).expect("args as a list");
+    let endpoints = after
+        .iter()
+        .position(|l| *l == "- name: CORRAL_ENDPOINTS")
+        .and_then(|i| after.get(i + 1))
+        .and_then(|l| l.strip_prefix("value:"))
+        .expect("the app container sets CORRAL_ENDPOINTS")
+        .trim()
+        .to_string();
+    (args, endpoints)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
