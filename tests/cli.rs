@@ -530,6 +530,23 @@ async fn kv_lease_and_txn_commands() {
         .run(&["kv", "put", "greeting", "hi", "--prev-kv", "-w", "json"])
         .json();
     assert_eq!(j["prev_kv"]["value"], "hello");
+    let rev = j["header"]["revision"].as_i64().unwrap();
+    let t = f.run(&["kv", "put", "tab", "1", "-w", "table"]);
+    assert!(t.ok().contains("| KEY | REVISION |"), "{t:?}");
+    assert!(t.stdout.contains(&format!("| tab | {} ", rev + 1)), "{t:?}");
+    let t = f.run(&["kv", "put", "tab", "2", "--prev-kv", "-w", "table"]);
+    assert!(
+        t.ok()
+            .contains("| KEY | REVISION | PREV VALUE | PREV VERSION |"),
+        "{t:?}"
+    );
+    assert!(
+        t.stdout.contains(&format!(
+            "| tab | {:<8} | 1          | 1            |",
+            rev + 2
+        )),
+        "{t:?}"
+    );
 
     // A watch streams what follows.
     let watch = f.start_cmd(&["kv", "watch", "w/", "--prefix"]);
@@ -568,6 +585,19 @@ async fn kv_lease_and_txn_commands() {
     assert_eq!(
         f.run(&["kv", "get", "greeting", "--print-value-only"]).ok(),
         "hola\n"
+    );
+    let out = run_with(&f.ep(), &["kv", "txn", "-w", "table"], txn, f.home.path());
+    let t = out.ok();
+    assert!(t.contains("| SUCCEEDED | REVISION |\n"), "{out:?}");
+    assert!(t.contains("| false     | "), "{out:?}");
+    assert!(t.contains("| KEY      | REVISION |\n"), "{out:?}");
+    assert!(t.contains("| greeting | "), "{out:?}");
+    // etcdctl's txn -i: a prompt before each part, then the result.
+    let out = run_with(&f.ep(), &["kv", "txn", "-i"], txn, f.home.path());
+    assert_eq!(
+        out.ok(),
+        "compares:\nsuccess requests (get, put, del):\nfailure requests (get, put, del):\n\
+         FAILURE\n\nOK\n"
     );
     let bad = run_with(
         &f.ep(),
@@ -655,6 +685,17 @@ async fn kv_lease_and_txn_commands() {
     assert_eq!(
         f.run(&["lease", "revoke", &id]).ok(),
         format!("lease {id} revoked\n")
+    );
+    let third = f.run(&["lease", "grant", "20", "-w", "json"]).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t = f.run(&["lease", "revoke", &third, "-w", "table"]);
+    assert!(t.ok().contains("| ID "), "{t:?}");
+    assert!(t.stdout.contains(" | REVOKED |\n"), "{t:?}");
+    assert!(
+        t.stdout.contains(&format!("| {third} | true    |")),
+        "{t:?}"
     );
     assert_eq!(f.run(&["kv", "get", "leased"]).ok(), "");
     assert_eq!(
@@ -810,6 +851,44 @@ async fn lock_elect_member_endpoint_and_snapshot() {
             .len(),
         1
     );
+    // The changes as tables: the member list after each.
+    let t = f.run(&[
+        "member",
+        "add",
+        "p8",
+        "--learner",
+        "--peer-urls",
+        "http://127.0.0.1:8",
+        "-w",
+        "table",
+    ]);
+    assert!(t.ok().contains("| IS LEARNER |"), "{t:?}");
+    assert!(t.stdout.contains("| p0 "), "{t:?}");
+    let row = t
+        .stdout
+        .lines()
+        .find(|l| l.contains("http://127.0.0.1:8 "))
+        .unwrap_or_else(|| panic!("no row for the new member: {t:?}"));
+    assert!(
+        row.contains("| unstarted |") && row.ends_with("| true       |"),
+        "{t:?}"
+    );
+    let p8 = row.split('|').nth(1).unwrap().trim().to_string();
+    let t = f.run(&[
+        "member",
+        "update",
+        &p8,
+        "--peer-urls",
+        "http://127.0.0.1:7",
+        "-w",
+        "table",
+    ]);
+    assert!(t.ok().contains("| PEER ADDRS "), "{t:?}");
+    assert!(t.stdout.contains(&format!("| {p8} | unstarted |")), "{t:?}");
+    assert!(t.stdout.contains("| http://127.0.0.1:7 "), "{t:?}");
+    let t = f.run(&["member", "remove", &p8, "-w", "table"]);
+    assert!(t.ok().contains("| p0 "), "{t:?}");
+    assert!(!t.stdout.contains(&p8), "{t:?}");
     assert_eq!(
         f.run(&["member", "promote", fields[0]]).one_line_error(),
         "Error: etcdserver: can only promote a learner member"
@@ -826,6 +905,28 @@ async fn lock_elect_member_endpoint_and_snapshot() {
         "{s:?}"
     );
     assert!(snap.exists());
+    let t = f.run(&["snapshot", "save", snap.to_str().unwrap(), "-w", "table"]);
+    assert!(t.ok().contains("| FILE "), "{t:?}");
+    assert!(t.stdout.contains(" | REVISION | HASH "), "{t:?}");
+    assert!(
+        t.stdout.contains(&format!("| {} | ", snap.display())),
+        "{t:?}"
+    );
+    let restored = f.home.path().join("restored");
+    let t = f.run(&[
+        "snapshot",
+        "restore",
+        snap.to_str().unwrap(),
+        "--data-dir",
+        restored.to_str().unwrap(),
+        "-w",
+        "table",
+    ]);
+    assert!(t.ok().contains("| DATA DIR "), "{t:?}");
+    assert!(
+        t.stdout.contains(&format!("| {} | ", restored.display())),
+        "{t:?}"
+    );
 
     // endpoint status and health.
     let st = f.run(&["endpoint", "status"]);
@@ -970,6 +1071,18 @@ async fn bad_input_is_one_line_and_exit_code_1() {
             "{cmd} missing from --help"
         );
     }
+    // Streams print simple lines for table (as etcdctl's do): the help says so.
+    let help = Command::new(BIN)
+        .args(["kv", "watch", "--help"])
+        .output()
+        .expect("run corral");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains(
+            "table prints streams (watch events, keep-alive renewals, lock, elect) as simple lines"
+        ),
+        "{text}"
+    );
     let serve = Command::new(BIN)
         .args(["serve", "--no-such-flag"])
         .output()

@@ -163,8 +163,23 @@ fn member_row(m: &Member) -> Vec<String> {
     ]
 }
 
-/// What `member remove|promote|update` print: the member list after the change as json,
-/// else one line saying what happened.
+/// The member list as `member list -w table` draws it.
+fn members_table(members: &[Member]) -> String {
+    output::table(
+        &[
+            "ID",
+            "STATUS",
+            "NAME",
+            "PEER ADDRS",
+            "CLIENT ADDRS",
+            "IS LEARNER",
+        ],
+        &members.iter().map(member_row).collect::<Vec<_>>(),
+    )
+}
+
+/// What `member remove|promote|update` print: the member list after the change as json or
+/// a table, else one line saying what happened.
 fn report_change(
     settings: &Settings,
     header: Option<&ResponseHeader>,
@@ -177,7 +192,8 @@ fn report_change(
             "header": output::header_json(header),
             "members": members.iter().map(member_json).collect::<Vec<_>>(),
         })),
-        _ => emit(&format!(
+        Format::Table => emit(&members_table(members)),
+        Format::Simple => emit(&format!(
             "Member {} {what} cluster {}\n",
             hex_id(id),
             hex_id(header.map_or(0, |h| h.cluster_id))
@@ -218,17 +234,7 @@ pub async fn member(
                     "header": output::header_json(r.header.as_ref()),
                     "members": r.members.iter().map(member_json).collect::<Vec<_>>(),
                 })),
-                Format::Table => emit(&output::table(
-                    &[
-                        "ID",
-                        "STATUS",
-                        "NAME",
-                        "PEER ADDRS",
-                        "CLIENT ADDRS",
-                        "IS LEARNER",
-                    ],
-                    &r.members.iter().map(member_row).collect::<Vec<_>>(),
-                )),
+                Format::Table => emit(&members_table(&r.members)),
                 Format::Simple => emit(
                     &r.members
                         .iter()
@@ -260,7 +266,9 @@ pub async fn member(
                     "member": r.member.as_ref().map(member_json),
                     "members": r.members.iter().map(member_json).collect::<Vec<_>>(),
                 })),
-                _ => {
+                // The list with the new member in it (unstarted until it runs).
+                Format::Table => emit(&members_table(&r.members)),
+                Format::Simple => {
                     // Like etcdctl: the settings the new member starts with.
                     let mut initial: Vec<String> = Vec::new();
                     // The new member last, whatever its id: the line reads as "the cluster,
@@ -644,7 +652,17 @@ async fn snapshot_save(
             "revision": revision,
             "hash": hash,
         })),
-        _ => {
+        // Revision and hash are known for a corral backup only: empty for another's.
+        Format::Table => emit(&output::table(
+            &["FILE", "REVISION", "HASH", "SIZE"],
+            &[vec![
+                a.file.display().to_string(),
+                revision.map(|r| r.to_string()).unwrap_or_default(),
+                hash.map(|h| format!("{h:x}")).unwrap_or_default(),
+                output::human_bytes(i64::try_from(total).unwrap_or(i64::MAX)),
+            ]],
+        )),
+        Format::Simple => {
             let mut line = format!("Snapshot saved at {}", a.file.display());
             if let (Some(rev), Some(hash)) = (revision, hash) {
                 line.push_str(&format!(" (revision {rev}, hash {hash:x}, {total} bytes)"));
@@ -726,7 +744,17 @@ fn snapshot_restore(a: &SnapshotRestoreArgs, settings: &Settings) -> Result<()> 
             "member_id": hex_id(cfg.member_id),
             "cluster_id": hex_id(cfg.cluster_id),
         })),
-        _ => emit(&format!(
+        Format::Table => emit(&output::table(
+            &["DATA DIR", "REVISION", "NAME", "MEMBER ID", "CLUSTER ID"],
+            &[vec![
+                a.data_dir.display().to_string(),
+                revision.to_string(),
+                a.name.clone(),
+                hex_id(cfg.member_id),
+                hex_id(cfg.cluster_id),
+            ]],
+        )),
+        Format::Simple => emit(&format!(
             "Restored {} (revision {revision}) into {}: member {} ({}) of cluster {}\n",
             a.file.display(),
             a.data_dir.display(),

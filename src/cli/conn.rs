@@ -45,7 +45,8 @@ pub struct ConnArgs {
 pub struct ZkGlobals {
     #[command(flatten)]
     pub conn: ConnArgs,
-    /// Output format [default: simple]
+    /// Output format [default: simple]; table prints streams (watch events, keep-alive
+    /// renewals, lock, elect) as simple lines, as etcdctl does
     #[arg(
         long = "write-out",
         value_enum,
@@ -60,7 +61,8 @@ pub struct ZkGlobals {
 pub struct EtcdGlobals {
     #[command(flatten)]
     pub conn: ConnArgs,
-    /// Output format [default: simple]
+    /// Output format [default: simple]; table prints streams (watch events, keep-alive
+    /// renewals, lock, elect) as simple lines, as etcdctl does
     #[arg(
         short = 'w',
         long = "write-out",

@@ -269,8 +269,29 @@ async fn put(settings: &Settings, a: &PutArgs) -> Result<()> {
     .await?;
     match settings.format {
         Format::Json => emit_json(&put_json(&r)),
-        _ => emit(&put_text(&r)),
+        Format::Table => emit(&put_table(a.key.as_bytes(), &r, a.prev_kv)),
+        Format::Simple => emit(&put_text(&r)),
     }
+}
+
+/// The key, the revision the put made and, with --prev-kv, what it replaced (empty cells
+/// when the key is new).
+fn put_table(key: &[u8], r: &PutResponse, prev_kv: bool) -> String {
+    let revision = r.header.as_ref().map_or(0, |h| h.revision).to_string();
+    if !prev_kv {
+        return output::table(&["KEY", "REVISION"], &[vec![output::cell(key), revision]]);
+    }
+    let (prev_value, prev_version) = r.prev_kv.as_ref().map_or_else(Default::default, |kv| {
+        (output::cell(&kv.value), kv.version.to_string())
+    });
+    output::table(
+        &["KEY", "REVISION", "PREV VALUE", "PREV VERSION"],
+        &[vec![output::cell(key), revision, prev_value, prev_version]],
+    )
+}
+
+fn del_table(r: &DeleteRangeResponse) -> String {
+    output::table(&["DELETED"], &[vec![r.deleted.to_string()]])
 }
 
 fn put_text(r: &PutResponse) -> String {
@@ -380,7 +401,7 @@ async fn del(settings: &Settings, a: &DelArgs) -> Result<()> {
     .await?;
     match settings.format {
         Format::Json => emit_json(&del_json(&r)),
-        Format::Table => emit(&output::table(&["DELETED"], &[vec![r.deleted.to_string()]])),
+        Format::Table => emit(&del_table(&r)),
         Format::Simple => emit(&del_text(&r)),
     }
 }
@@ -625,6 +646,8 @@ fn read_txn(interactive: bool) -> Result<TxnRequest> {
 
 async fn txn(settings: &Settings, a: &TxnArgs) -> Result<()> {
     let req = read_txn(a.interactive)?;
+    // The table names the key each put wrote: kept from the request (the branch taken).
+    let req_ops = (req.success.clone(), req.failure.clone());
     let r = bounded(settings, async {
         let conn = Conn::connect(settings).await?;
         Ok(KvClient::new(conn.channel).txn(req).await?.into_inner())
@@ -647,6 +670,9 @@ async fn txn(settings: &Settings, a: &TxnArgs) -> Result<()> {
             "responses": responses,
         }));
     }
+    if settings.format == Format::Table {
+        return emit(&txn_table(&req_ops, &r));
+    }
     let mut out = String::from(if r.succeeded {
         "SUCCESS\n"
     } else {
@@ -662,6 +688,39 @@ async fn txn(settings: &Settings, a: &TxnArgs) -> Result<()> {
         }
     }
     emit(&out)
+}
+
+/// Whether it succeeded and at which revision, then one table per response of the branch
+/// taken, as `put`, `get` and `del` draw theirs.
+fn txn_table(
+    ops: &(Vec<RequestOp>, Vec<RequestOp>),
+    r: &crate::pb::etcdserverpb::TxnResponse,
+) -> String {
+    let mut out = output::table(
+        &["SUCCEEDED", "REVISION"],
+        &[vec![
+            r.succeeded.to_string(),
+            r.header.as_ref().map_or(0, |h| h.revision).to_string(),
+        ]],
+    );
+    let branch = if r.succeeded { &ops.0 } else { &ops.1 };
+    for (i, op) in r.responses.iter().enumerate() {
+        let asked = branch.get(i).and_then(|o| o.request.as_ref());
+        let table = match (&op.response, asked) {
+            (Some(OpResponse::ResponsePut(p)), Some(Op::RequestPut(q))) => {
+                put_table(&q.key, p, q.prev_kv)
+            }
+            (Some(OpResponse::ResponsePut(p)), _) => put_table(b"", p, false),
+            (Some(OpResponse::ResponseRange(g)), asked) => range_table(
+                g,
+                matches!(asked, Some(Op::RequestRange(q)) if q.count_only),
+            ),
+            (Some(OpResponse::ResponseDeleteRange(d)), _) => del_table(d),
+            _ => continue,
+        };
+        out.push_str(&table);
+    }
+    out
 }
 
 #[cfg(test)]

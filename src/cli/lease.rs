@@ -137,7 +137,11 @@ async fn revoke(settings: &Settings, a: &IdArgs) -> Result<()> {
     .await?;
     match settings.format {
         Format::Json => emit_json(&json!({"id": hex_id(a.id as u64), "revoked": true})),
-        _ => emit(&format!("lease {} revoked\n", hex_id(a.id as u64))),
+        Format::Table => emit(&output::table(
+            &["ID", "REVOKED"],
+            &[vec![hex_id(a.id as u64), true.to_string()]],
+        )),
+        Format::Simple => emit(&format!("lease {} revoked\n", hex_id(a.id as u64))),
     }
 }
 

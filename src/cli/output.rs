@@ -24,7 +24,7 @@ pub enum Format {
     /// zkCli's and etcdctl's own text output.
     #[default]
     Simple,
-    /// Aligned columns with a header.
+    /// Aligned columns with a header (streamed output stays simple lines).
     Table,
     /// One JSON document per result (per event for streams).
     Json,
