@@ -76,8 +76,12 @@ fn main() -> std::process::ExitCode {
         Err(e) => return corral::cli::usage_error(&e),
     };
     match cli.command {
-        Cmd::Client(command) => corral::cli::run(&cli.client, command),
+        Cmd::Client(command) => {
+            corral::cli::one_line_panics();
+            corral::cli::run(&cli.client, command)
+        }
         Cmd::Bench(args) => {
+            corral::cli::one_line_panics();
             let json = args.json;
             let result = tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)

@@ -90,6 +90,16 @@ struct Running {
 
 impl Running {
     fn start(endpoints: &str, args: &[&str], home: &std::path::Path) -> Running {
+        Self::start_reading(endpoints, args, home, usize::MAX)
+    }
+
+    /// Reads only the first `lines` lines, then closes the pipe, as `| head -n <lines>` does.
+    fn start_reading(
+        endpoints: &str,
+        args: &[&str],
+        home: &std::path::Path,
+        lines: usize,
+    ) -> Running {
         let mut child = command(endpoints, args, home)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -97,16 +107,16 @@ impl Running {
             .spawn()
             .expect("spawn corral");
         let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
+        let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
+            for line in BufReader::new(stdout).lines().take(lines) {
                 let Ok(line) = line else { return };
                 if tx.send(line).is_err() {
                     return;
                 }
             }
         });
-        Running { child, lines }
+        Running { child, lines: rx }
     }
 
     /// The next line, within a deadline.
@@ -1088,6 +1098,45 @@ async fn bad_input_is_one_line_and_exit_code_1() {
         .output()
         .expect("run corral");
     assert_eq!(serve.status.code(), Some(2));
+}
+
+/// A reader that goes away early (`| head`) ends a command quietly: exit code 0, nothing on
+/// stderr — no panic from writing to the closed pipe — for a stream and for `bench`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_quietly() {
+    let f = Fixture::start().await;
+    let watch = Running::start_reading(
+        &f.ep(),
+        &["kv", "watch", "h", "-w", "json"],
+        f.home.path(),
+        1,
+    );
+    live(&watch, || {
+        f.run(&["kv", "put", "h", "first"]).ok();
+    });
+    // The pipe is closed now: the next event's output fails, and ends the watch.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut watch = watch;
+    while watch.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the watch outlived its reader");
+        f.run(&["kv", "put", "h", "more"]).ok();
+    }
+    assert_eq!(watch.finish(), (0, String::new()));
+
+    let mut bench = Command::new(BIN)
+        .args(["bench", "--endpoints", &f.ep(), "--total", "20", "--json"])
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn corral bench");
+    // Closed before the report is written.
+    drop(bench.stdout.take());
+    let out = bench.wait_with_output().expect("corral bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
 
 /// The shell under a pseudo-terminal, as a person uses it: the classic exercise.

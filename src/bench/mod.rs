@@ -440,12 +440,18 @@ impl Report {
     }
 }
 
-/// Prints a report as one JSON line or as the two-line table.
+/// Prints a report as one JSON line or as the two-line table. A reader that has gone
+/// (`| head -c0`) is not an error: there is no one left to tell.
 pub fn print(report: &Report, json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string(report)?);
+    use std::io::Write as _;
+    let text = if json {
+        serde_json::to_string(report)?
     } else {
-        println!("{}", report.table());
+        report.table()
+    };
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
     }
-    Ok(())
 }

@@ -143,6 +143,36 @@ pub fn run(top: &ZkGlobals, command: Command) -> ExitCode {
     }
 }
 
+/// Makes a panic end the process as any other error does: one `Error: internal error: ...`
+/// line on stderr and exit code 1, no stack trace. For the client commands only: `serve`
+/// keeps Rust's default report, which its logs want.
+pub fn one_line_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        use std::io::Write as _;
+        let line = internal_error(info.payload(), info.location());
+        let _ = writeln!(std::io::stderr(), "Error: {line}");
+        // Whichever thread panicked (a runtime worker too), the command is over.
+        std::process::exit(1);
+    }));
+}
+
+/// The one line for a panic: its message, and where, for a bug report.
+fn internal_error(
+    payload: &(dyn std::any::Any + Send),
+    location: Option<&std::panic::Location<'_>>,
+) -> String {
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("panic");
+    let mut line = format!("internal error: {message}");
+    if let Some(l) = location {
+        line.push_str(&format!(" (at {}:{})", l.file(), l.line()));
+    }
+    line.replace(['\n', '\r'], " ")
+}
+
 fn report(e: CliError) -> ExitCode {
     if let Some(m) = e.message() {
         use std::io::Write as _;
@@ -291,5 +321,37 @@ impl Interrupt {
         if self.0.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_is_one_line() {
+        let payload = std::panic::catch_unwind(|| {
+            std::panic::panic_any(String::from("bad state\nsecond line"));
+        })
+        .expect_err("it panicked");
+        let here = std::panic::Location::caller();
+        assert_eq!(
+            internal_error(payload.as_ref(), Some(here)),
+            format!(
+                "internal error: bad state second line (at {}:{})",
+                here.file(),
+                here.line()
+            )
+        );
+        let payload = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).expect_err("panic");
+        assert_eq!(
+            internal_error(payload.as_ref(), None),
+            "internal error: panic"
+        );
+        let payload = std::panic::catch_unwind(|| panic!("static")).expect_err("panic");
+        assert_eq!(
+            internal_error(payload.as_ref(), None),
+            "internal error: static"
+        );
     }
 }
