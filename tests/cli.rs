@@ -579,7 +579,8 @@ async fn kv_lease_and_txn_commands() {
     assert_eq!(v["type"], "DELETE");
     watch.signal("INT");
     assert_eq!(watch.finish().0, 0);
-    drop(json_watch);
+    json_watch.signal("TERM");
+    assert_eq!(json_watch.finish(), (0, String::new()));
 
     // txn from stdin, etcdctl's syntax.
     let txn = "value(\"greeting\") = \"hi\"\n\nput greeting bonjour\nget app/ --prefix\n\nput greeting hola\n";
@@ -772,7 +773,8 @@ async fn lock_elect_member_endpoint_and_snapshot() {
     let next: Value = serde_json::from_str(&observer.line()).unwrap();
     assert_eq!(next["value"], "second");
     drop(second);
-    drop(observer);
+    observer.signal("INT");
+    assert_eq!(observer.finish(), (0, String::new()));
     assert_eq!(
         f.run(&["elect", "svc"]).one_line_error(),
         "Error: a proposal is required to campaign (or --listen to observe)"
@@ -1030,11 +1032,18 @@ async fn bad_input_is_one_line_and_exit_code_1() {
     // Unreachable endpoints, malformed and TLS ones.
     let home = f.home.path();
     let dead = format!("127.0.0.1:{}", free_port());
+    // The streaming commands too: they fail over, but only between endpoints that answer.
     for args in [
         &["ls", "/"][..],
         &["kv", "get", "k"],
         &["member", "list"],
         &["shell"],
+        &["watch", "/"],
+        &["get", "-w", "/v"],
+        &["kv", "watch", "k"],
+        &["lease", "keep-alive", "1"],
+        &["lock", "l"],
+        &["elect", "-l", "e"],
     ] {
         let out = run_with(&dead, args, "", home);
         let line = out.one_line_error();
