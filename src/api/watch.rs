@@ -18,17 +18,15 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Ctx;
 use crate::metrics::Held;
-use crate::mvcc::{self, KeySpan, MvccError, MAX_REQUEST_BYTES};
+use crate::mvcc::{KeySpan, MvccError, MAX_REQUEST_BYTES};
 use crate::pb::etcdserverpb::watch_create_request::FilterType;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
 use crate::pb::etcdserverpb::watch_server::Watch;
 use crate::pb::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use crate::pb::mvccpb::event::EventType;
 use crate::pb::mvccpb::Event;
-use crate::watch::{Published, WatchHub};
+use crate::watch::{history_chunk, HistoryGap, Published, WatchHub};
 
-/// Events per response when replaying history (whole revisions are never split).
-const REPLAY_CHUNK: usize = 1000;
 /// The watch id etcd uses for responses that concern the whole stream.
 const STREAM_WIDE_ID: i64 = -1;
 
@@ -275,18 +273,9 @@ impl Session {
             if from > to {
                 return Ok(());
             }
-            let read = {
-                let store = self.ctx.handle.store();
-                let view = store.read_view();
-                if from < view.compacted {
-                    Err(view.compacted)
-                } else {
-                    Ok(mvcc::read::history(&view.backend, from, to, REPLAY_CHUNK))
-                }
-            };
-            let (events, next) = match read {
+            let (events, next) = match history_chunk(self.ctx.handle.store(), from, to) {
                 // History this watcher still needed was compacted away while it lagged.
-                Err(compacted) => {
+                Err(HistoryGap::Compacted(compacted)) => {
                     self.watchers.remove(&id);
                     let mut resp = self.response(id, self.revision());
                     resp.canceled = true;
@@ -294,7 +283,7 @@ impl Session {
                     resp.cancel_reason = MvccError::Compacted.to_string();
                     return self.send(resp).await;
                 }
-                Ok(Err(e)) => {
+                Err(HistoryGap::Storage(e)) => {
                     tracing::error!(error = %e, "reading watch history");
                     let _ = self
                         .out
@@ -302,7 +291,7 @@ impl Session {
                         .await;
                     return Err(Gone);
                 }
-                Ok(Ok(read)) => read,
+                Ok(read) => read,
             };
             let Some(w) = self.watchers.get_mut(&id) else {
                 return Ok(());

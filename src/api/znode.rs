@@ -29,7 +29,7 @@ use crate::pb::corral::v1::znodes_server::Znodes;
 use crate::pb::corral::v1::*;
 use crate::pb::mvccpb::event::EventType as KvEventType;
 use crate::pb::mvccpb::Event;
-use crate::watch::{Published, WatchHub};
+use crate::watch::{history_chunk, HistoryGap, Published, WatchHub};
 use crate::znode::{self, children_prefix, path_of, prefix_end, Record, ZkError};
 
 pub struct ZnodeService {
@@ -624,19 +624,20 @@ impl WatchSession {
             if from > to {
                 return Ok(());
             }
-            let read = {
-                let store = self.ctx.handle.store();
-                let view = store.read_view();
-                if from < view.compacted {
-                    None
-                } else {
-                    mvcc::read::history(&view.backend, from, to, 1000).ok()
+            let (events, next) = match history_chunk(self.ctx.handle.store(), from, to) {
+                Ok(read) => read,
+                Err(HistoryGap::Compacted(_)) => {
+                    self.watchers.remove(&id);
+                    let e = ZkError::BadArguments(MvccError::Compacted.to_string());
+                    return self.refuse(id, &e).await;
                 }
-            };
-            let Some((events, next)) = read else {
-                self.watchers.remove(&id);
-                let e = ZkError::BadArguments(MvccError::Compacted.to_string());
-                return self.refuse(id, &e).await;
+                // As etcd's watch stream does: a store that cannot be read ends the stream.
+                Err(HistoryGap::Storage(e)) => {
+                    tracing::error!(error = %e, "reading znode watch history");
+                    let failed = Status::internal("reading history failed");
+                    let _ = self.out.send(Err(failed)).await;
+                    return Err(Gone);
+                }
             };
             self.feed(id, &events, next - 1).await?;
         }

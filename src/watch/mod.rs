@@ -10,7 +10,37 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
+use crate::mvcc::{self, MvccError};
 use crate::pb::mvccpb::Event;
+use crate::storage::state::StateStore;
+
+/// Events one catch-up read returns at most, so a far-behind stream interleaves its reads
+/// with sending instead of holding a whole history in memory.
+pub const HISTORY_CHUNK: usize = 1000;
+
+/// Why a stream cannot catch up from stored history.
+#[derive(Debug)]
+pub enum HistoryGap {
+    /// What it still needed was compacted away; the floor is now this revision.
+    Compacted(i64),
+    /// The store failed to read.
+    Storage(MvccError),
+}
+
+/// The stored events of revisions `from..=to` (at most [`HISTORY_CHUNK`] of them) and the
+/// revision to read from next: how every watch stream, etcd's and the znode one, catches up
+/// after it lagged, reconnected or started in the past.
+pub fn history_chunk(
+    store: &StateStore,
+    from: i64,
+    to: i64,
+) -> Result<(Vec<Event>, i64), HistoryGap> {
+    let view = store.read_view();
+    if from < view.compacted {
+        return Err(HistoryGap::Compacted(view.compacted));
+    }
+    mvcc::read::history(&view.backend, from, to, HISTORY_CHUNK).map_err(HistoryGap::Storage)
+}
 
 /// What one apply produced for watchers.
 #[derive(Debug)]
