@@ -1,7 +1,7 @@
 //! Membership changes through etcd's Cluster API with a real etcd client: a learner added
 //! after the log was compacted catches up from a snapshot, is promoted, an old member is
-//! removed, and the cluster serves writes throughout; automatic learners; member update,
-//! leader transfer, removing the leader, and etcd's errors.
+//! removed, and the cluster serves writes throughout; a voter added directly; automatic
+//! learners; member update, leader transfer, removing the leader, and etcd's errors.
 
 mod common;
 
@@ -12,6 +12,13 @@ use std::time::Duration;
 use common::{eventually, Cluster, Reserved};
 use etcd_client::{GetOptions, MemberAddOptions, WatchOptions};
 use tonic::Code;
+
+// etcd's texts, which clients match on.
+const BAD_URLS: &str = "etcdserver: given member URLs are invalid";
+const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
+const BAD_TRANSFEREE: &str = "etcdserver: bad leader transferee";
+const NOT_ENOUGH_STARTED: &str =
+    "etcdserver: re-configuration failed due to not enough started members";
 
 fn status(e: etcd_client::Error) -> tonic::Status {
     match e {
@@ -42,6 +49,18 @@ fn spawn_writer(
         }
         (acked, failed)
     })
+}
+
+/// (hash, hash revision, compact revision) of member `i`'s store at `rev` (Maintenance.HashKV).
+async fn hash_kv(cluster: &Cluster, i: usize, rev: i64) -> (u32, i64, i64) {
+    let h = cluster
+        .client(i)
+        .await
+        .maintenance_client()
+        .hash_kv(rev)
+        .await
+        .expect("hash_kv");
+    (h.hash(), h.hash_revision(), h.compact_version())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -356,4 +375,168 @@ async fn update_transfer_remove_leader_and_errors() {
     assert_ne!(new_leader, target);
     client.put("after-removal", "ok", None).await.expect("put");
     cluster.shutdown().await;
+}
+
+/// etcd's MemberAdd of a voter (not a learner): it counts in the quorum as soon as the change
+/// commits; started with `--initial-cluster-state existing` it finds its id, catches up, and
+/// its acknowledgement is needed for writes once a founding member is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_voter_added_with_member_add_joins_and_counts_in_the_quorum() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader().await;
+    let mut client = cluster.client(leader).await;
+    for i in 0..50 {
+        client
+            .put(format!("pre-{i:03}"), "x", None)
+            .await
+            .expect("put");
+    }
+
+    let reserved = Reserved::new().await;
+    let added = client
+        .member_add([reserved.peer_url()], None)
+        .await
+        .expect("member add (voter)");
+    let new_id = added.member().expect("added member").id();
+    assert!(!added.member().unwrap().is_learner());
+    assert_eq!(added.member_list().len(), 4);
+    assert!(added.member_list().iter().all(|m| !m.is_learner()));
+    // Three of four voters are up: the quorum (three) is met without the new one.
+    client
+        .put("before-start", "1", None)
+        .await
+        .expect("put with the new voter not started");
+
+    let new = cluster
+        .join(reserved, "m3", true, &["--initial-cluster-state=existing"])
+        .await;
+    assert_eq!(cluster.node(new).id(), new_id, "the joiner found its id");
+    let rev = cluster.node(leader).handle.store().revision();
+    cluster.wait_revision(new, rev).await;
+    eventually(
+        "the new voter named in the list",
+        Duration::from_secs(20),
+        || {
+            let mut c = client.clone();
+            async move {
+                let list = c.member_list().await.ok()?;
+                let voters = list.members().iter().filter(|m| !m.is_learner()).count();
+                let named = list
+                    .members()
+                    .iter()
+                    .any(|m| m.id() == new_id && m.name() == "m3" && !m.is_learner());
+                (voters == 4 && named).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // With a founding follower down, a write needs three of the four voters: the new one's
+    // acknowledgement is what makes the quorum.
+    let down = (0..3).find(|&i| i != leader).expect("a follower");
+    cluster.stop(down).await;
+    for i in 0..20 {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            client.put(format!("quorum-{i:02}"), "y", None),
+        )
+        .await
+        .expect("write in time with the new voter in the quorum")
+        .expect("put");
+    }
+    // Reads on it, and every running member's store identical at one revision.
+    let mut on_new = cluster.client(new).await;
+    let got = on_new
+        .get("quorum-", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("linearizable get on the new voter");
+    assert_eq!(got.kvs().len(), 20);
+    let rev = cluster.node(leader).handle.store().revision();
+    let running: Vec<usize> = (0..4).filter(|&i| i != down).collect();
+    for &i in &running {
+        cluster.wait_revision(i, rev).await;
+    }
+    let first = hash_kv(&cluster, running[0], rev).await;
+    for &i in &running[1..] {
+        assert_eq!(
+            hash_kv(&cluster, i, rev).await,
+            first,
+            "member {i}'s HashKV at {rev}"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+/// etcd's errors for bad membership requests, each with etcd's code and text; nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_errors_are_etcds() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader().await;
+    let follower = (0..3).find(|&i| i != leader).expect("a follower");
+    let mut client = cluster.client(follower).await;
+
+    let e = status(
+        client
+            .member_update(42, vec!["http://127.0.0.1:9".to_string()])
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code(), e.message()), (Code::NotFound, MEMBER_NOT_FOUND));
+    let e = status(
+        client
+            .member_update(cluster.member_id(follower), Vec::<String>::new())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, BAD_URLS));
+    let e = status(
+        client
+            .member_add(Vec::<String>::new(), None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, BAD_URLS));
+    let e = status(client.member_add(["not a url"], None).await.unwrap_err());
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, BAD_URLS));
+
+    let learner = client
+        .member_add(
+            ["http://127.0.0.1:1"],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .expect("add a learner")
+        .member()
+        .expect("added member")
+        .id();
+    let e = status(client.move_leader(learner).await.unwrap_err());
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::FailedPrecondition, BAD_TRANSFEREE)
+    );
+    // The reply's list: the leader's, after the change (this member may not have applied it).
+    let list = client
+        .member_remove(learner)
+        .await
+        .expect("remove the learner");
+    assert_eq!(list.members().len(), 3);
+    let peer_urls: Vec<Vec<String>> = list
+        .members()
+        .iter()
+        .map(|m| m.peer_urls().to_vec())
+        .collect();
+    assert!(peer_urls.iter().all(|u| u.len() == 1), "{peer_urls:?}");
+    assert_eq!(cluster.wait_leader().await, leader, "nothing moved");
+    cluster.shutdown().await;
+
+    // The last voter cannot be removed (etcd: no started member would be left for a quorum).
+    let solo = Cluster::start(1).await;
+    let mut client = solo.client(0).await;
+    let e = status(client.member_remove(solo.member_id(0)).await.unwrap_err());
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::FailedPrecondition, NOT_ENOUGH_STARTED)
+    );
+    client.put("still", "serving", None).await.expect("put");
+    solo.shutdown().await;
 }

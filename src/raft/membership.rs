@@ -91,6 +91,12 @@ pub type MembershipResult = Result<MembershipReply, MembershipRefusal>;
 // etcd's texts (clients and operators match on them).
 const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
 const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
+/// etcd's answer to a MemberAdd with no peer URL or one that does not parse.
+const BAD_URLS: &str = "etcdserver: given member URLs are invalid";
+/// etcd's answer when a removal would leave fewer started voters than a quorum; removing the
+/// last voter is the case that reaches corral.
+const NOT_ENOUGH_STARTED: &str =
+    "etcdserver: re-configuration failed due to not enough started members";
 const NOT_A_LEARNER: &str = "etcdserver: can only promote a learner member";
 const LEARNER_NOT_READY: &str =
     "etcdserver: can only promote a learner member which is in sync with leader";
@@ -225,18 +231,14 @@ impl Membership {
         except: Option<NodeId>,
     ) -> Result<Vec<String>, MembershipRefusal> {
         if peer_urls.is_empty() {
-            return Err(MembershipRefusal::status(
-                Code::InvalidArgument,
-                "etcdserver: member must have at least one peer URL",
-            ));
+            return Err(MembershipRefusal::status(Code::InvalidArgument, BAD_URLS));
         }
         let mut urls = Vec::with_capacity(peer_urls.len());
         for url in peer_urls {
             let canonical = canonical_advertise_url(url).map_err(|e| {
-                MembershipRefusal::status(
-                    Code::InvalidArgument,
-                    format!("etcdserver: invalid peer URL {url:?}: {e}"),
-                )
+                // etcd's text, which clients match on, has no room for the detail.
+                tracing::info!(%url, %e, "refusing a member's peer URL");
+                MembershipRefusal::status(Code::InvalidArgument, BAD_URLS)
             })?;
             if !urls.contains(&canonical) {
                 urls.push(canonical);
@@ -341,9 +343,11 @@ impl Membership {
         }
         let voters = self.handle.members().iter().filter(|(_, _, l)| !l).count();
         if voters <= 1 {
+            // No voter would be left to form a quorum: etcd refuses this with its "not enough
+            // started members" check.
             return Err(MembershipRefusal::status(
                 Code::FailedPrecondition,
-                "etcdserver: cannot remove the last voting member",
+                NOT_ENOUGH_STARTED,
             ));
         }
         // `retain = false`: the removed voter leaves the membership altogether. A leader that
@@ -355,6 +359,8 @@ impl Membership {
 
     async fn update(&self, id: NodeId, peer_urls: Vec<String>) -> MembershipResult {
         let (known, _) = self.find(id)?;
+        // etcd does not check these on update; a member left with no peer URL could never be
+        // reached again, so the add's rule applies.
         let urls = self.check_urls(&peer_urls, Some(id))?;
         let updated = Member {
             peer_urls: urls,
