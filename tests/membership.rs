@@ -1,13 +1,15 @@
 //! Membership changes through etcd's Cluster API with a real etcd client: a learner added
 //! after the log was compacted catches up from a snapshot, is promoted, an old member is
 //! removed, and the cluster serves writes throughout; a voter added directly; automatic
-//! learners; member update, leader transfer, removing the leader, and etcd's errors.
+//! learners; member update, leader transfer (under write load, concurrent), removing the
+//! leader, and etcd's errors.
 
 mod common;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{eventually, Cluster, Reserved};
 use etcd_client::{GetOptions, MemberAddOptions, WatchOptions};
@@ -27,28 +29,62 @@ fn status(e: etcd_client::Error) -> tonic::Status {
     }
 }
 
-/// A client writing `w-<n>` keys one after the other until stopped; returns the keys whose
-/// puts were acknowledged and the number of failed attempts.
-fn spawn_writer(
+/// A client writing `<prefix>-<n>` keys one after the other until stopped; returns the keys
+/// whose puts were acknowledged and the errors of the failed attempts. `acks` counts the
+/// acknowledgements as they come.
+fn spawn_writer_counting(
     endpoints: Vec<String>,
+    prefix: &'static str,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(Vec<String>, usize)> {
+    acks: Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<(Vec<String>, Vec<String>)> {
     tokio::spawn(async move {
         let mut client = etcd_client::Client::connect(endpoints, None)
             .await
             .expect("writer connects");
-        let (mut acked, mut failed) = (Vec::new(), 0);
+        let (mut acked, mut failed) = (Vec::new(), Vec::new());
         let mut n = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            let key = format!("w-{n:06}");
+            let key = format!("{prefix}-{n:06}");
             n += 1;
             match client.put(key.clone(), "v", None).await {
-                Ok(_) => acked.push(key),
-                Err(_) => failed += 1,
+                Ok(_) => {
+                    acked.push(key);
+                    acks.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => failed.push(format!("{key}: {e}")),
             }
         }
         (acked, failed)
     })
+}
+
+/// [`spawn_writer_counting`] with `w-` keys; returns the acknowledged keys and the number of
+/// failed attempts.
+fn spawn_writer(
+    endpoints: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<String>, usize)> {
+    let task = spawn_writer_counting(endpoints, "w", stop, Arc::default());
+    tokio::spawn(async move {
+        let (acked, failed) = task.await.expect("writer");
+        (acked, failed.len())
+    })
+}
+
+/// The keys under `prefix`, read linearizably through `client`.
+async fn keys_under(client: &mut etcd_client::Client, prefix: &str) -> HashSet<String> {
+    client
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .expect("linearizable get")
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().expect("UTF-8 key").to_string())
+        .collect()
 }
 
 /// (hash, hash revision, compact revision) of member `i`'s store at `rev` (Maintenance.HashKV).
@@ -374,6 +410,138 @@ async fn update_transfer_remove_leader_and_errors() {
     let new_leader = cluster.wait_leader_among(&[leader, follower]).await;
     assert_ne!(new_leader, target);
     client.put("after-removal", "ok", None).await.expect("put");
+    cluster.shutdown().await;
+}
+
+/// etcd's MoveLeader while writes keep coming, through the leader and through a follower: the
+/// leader holds new proposals (and its read-index rounds) during the transfer, so the
+/// followers' lease runs out and the target wins; held writes go to the new leader, none is
+/// lost or fails. Then two transfers asked at once run one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn move_leader_under_write_load_holds_writes_and_loses_none() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader().await;
+    let target = (0..3).find(|&i| i != leader).expect("a follower");
+    let other = (0..3)
+        .find(|&i| i != leader && i != target)
+        .expect("a follower");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks: Vec<Arc<std::sync::atomic::AtomicUsize>> = (0..2).map(|_| Arc::default()).collect();
+    // One writer on the leader (its own batches), one on a follower (proposals forwarded to
+    // the leader), and linearizable reads on the leader (read-index rounds).
+    let writers = [
+        spawn_writer_counting(
+            vec![cluster.endpoint(leader)],
+            "via-leader",
+            stop.clone(),
+            acks[0].clone(),
+        ),
+        spawn_writer_counting(
+            vec![cluster.endpoint(other)],
+            "via-follower",
+            stop.clone(),
+            acks[1].clone(),
+        ),
+    ];
+    let reader = {
+        let stop = stop.clone();
+        let mut c = cluster.client(leader).await;
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match c.get("via-leader-000000", None).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let acked_now = |acks: &[Arc<std::sync::atomic::AtomicUsize>]| {
+        acks.iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect::<Vec<_>>()
+    };
+    eventually("both writers under way", Duration::from_secs(10), || {
+        let counts = acked_now(&acks);
+        async move { counts.iter().all(|&n| n >= 20).then_some(()) }
+    })
+    .await;
+
+    let mut admin = cluster.client(other).await;
+    let started = Instant::now();
+    admin
+        .move_leader(cluster.member_id(target))
+        .await
+        .expect("move leader under write load");
+    eprintln!("transfer under load took {:?}", started.elapsed());
+    assert_eq!(cluster.wait_leader().await, target);
+
+    // Writes go on under the new leader.
+    let at_transfer = acked_now(&acks);
+    eventually(
+        "writes continue after the transfer",
+        Duration::from_secs(10),
+        || {
+            let counts = acked_now(&acks);
+            let at_transfer = at_transfer.clone();
+            async move {
+                counts
+                    .iter()
+                    .zip(&at_transfer)
+                    .all(|(now, then)| *now >= then + 20)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Two transfers asked at once, through different members, still under load: the second
+    // waits for the first, then runs on the new leader.
+    let (a, b) = (leader, other);
+    let mut via_a = cluster.client(a).await;
+    let mut via_b = cluster.client(b).await;
+    let (id_a, id_b) = (cluster.member_id(a), cluster.member_id(b));
+    let started = Instant::now();
+    let (ra, rb) = tokio::join!(via_a.move_leader(id_a), via_b.move_leader(id_b));
+    eprintln!("two concurrent transfers took {:?}", started.elapsed());
+    ra.expect("first of two concurrent transfers");
+    rb.expect("second of two concurrent transfers");
+    let final_leader = cluster.wait_leader().await;
+    assert!(
+        final_leader == a || final_leader == b,
+        "the leader is one of the targets, not {final_leader}"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for writer in writers {
+        let (keys, failed) = writer.await.expect("writer");
+        assert!(
+            failed.is_empty(),
+            "writes failed around the transfers: {failed:?}"
+        );
+        acked.extend(keys);
+    }
+    let (reads, failed_reads) = reader.await.expect("reader");
+    assert!(reads > 0);
+    assert!(
+        failed_reads.is_empty(),
+        "linearizable reads failed: {failed_reads:?}"
+    );
+
+    // Every acknowledged write is there, exactly once (one put each: version 1).
+    let mut client = cluster.client(final_leader).await;
+    let mut present = keys_under(&mut client, "via-").await;
+    for key in &acked {
+        assert!(present.remove(key), "acknowledged {key} is missing");
+    }
+    let versions = client
+        .get("via-", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("get");
+    assert!(versions.kvs().iter().all(|kv| kv.version() == 1));
     cluster.shutdown().await;
 }
 

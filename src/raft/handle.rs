@@ -14,17 +14,25 @@
 //! Read barriers are shared the same way: concurrent linearizable reads on a member wait for
 //! one read-index round (a leadership check on the leader, one forwarded request on a
 //! follower) instead of one each; see `Rounds`.
+//!
+//! While a leader transfer (MoveLeader) is under way on the leader, everything that would send
+//! AppendEntries from it waits: proposals (its own batches and those forwarded to it),
+//! read-index rounds and lease leadership checks. Each of those refreshes the followers' leader
+//! lease, and a follower inside that lease refuses the transferee's vote, so under steady load
+//! the transfer would never finish. Held work goes on once the transfer ends: on this member
+//! if it still leads, otherwise forwarded to the new leader like any other (see `TransferGate`).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedRwLockWriteGuard, RwLock, RwLockReadGuard, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
+use super::membership::TRANSFER_TIMEOUT;
 use super::network::{ForwardRefusal, LeaseAsk, PeerClients, PeerError};
-use super::types::{Member, NodeId, Proposal, ProposalResult, Raft};
+use super::types::{Member, NodeId, Proposal, ProposalResult, Raft, TypeConfig};
 use crate::command::{Command, CommandResult};
 use crate::lease::clock::LeaseClock;
 use crate::metrics::Metrics;
@@ -52,6 +60,27 @@ pub enum ProposeError {
     Timeout,
     #[error("etcdserver: server stopped")]
     Stopped,
+    /// Held while this member handed its leadership over, past the request's deadline; never
+    /// proposed, so safe to retry.
+    #[error("{}", TRANSFER_TIMEOUT)]
+    TransferTimeout,
+}
+
+/// Keeps AppendEntries from the leader while it transfers its leadership (see the module
+/// docs). Work that sends them takes a shared turn; a transfer takes the exclusive one.
+/// tokio's lock is fair: once a transfer waits, later turns queue behind it, so the transfer
+/// starts as soon as the calls already in flight finish, and nothing new starts until it ends.
+/// Two transfers on one member also run one after the other.
+///
+/// Never take a turn while holding one: a transfer waiting in between would deadlock the two.
+#[derive(Default)]
+struct TransferGate(Arc<RwLock<()>>);
+
+impl TransferGate {
+    /// Waits until no transfer is under way; the transfer waits for the turn to end.
+    async fn turn(&self) -> RwLockReadGuard<'_, ()> {
+        self.0.read().await
+    }
 }
 
 /// Shares one read-index round among every caller that asked while it had not started.
@@ -145,6 +174,8 @@ struct Submitter {
     /// Read-index requests to the leader shared by concurrent reads on this member (as a
     /// follower); `None`: no index this round (no leader, refused, unreachable), retry.
     forward_rounds: Arc<Rounds<Option<u64>>>,
+    /// Holds what would send AppendEntries while this member transfers its leadership.
+    transfer: Arc<TransferGate>,
 }
 
 #[derive(Clone)]
@@ -179,6 +210,7 @@ impl RaftHandle {
             startup,
             leader_rounds: Rounds::new(),
             forward_rounds: Rounds::new(),
+            transfer: Arc::default(),
         };
         let (queue, rx) = mpsc::channel(MAX_BATCH * 2);
         tokio::spawn(batch_loop(submitter.clone(), rx));
@@ -193,6 +225,37 @@ impl RaftHandle {
             queue,
             metrics,
         }
+    }
+
+    /// Starts a leader transfer on this member: waits (up to `timeout`) for the proposals and
+    /// leadership checks in flight to finish, and holds new ones until the guard is dropped.
+    /// `None` if the calls in flight did not finish in time (or another transfer ran that long).
+    pub async fn begin_transfer(&self, timeout: Duration) -> Option<OwnedRwLockWriteGuard<()>> {
+        tokio::time::timeout(timeout, self.submitter.transfer.0.clone().write_owned())
+            .await
+            .ok()
+    }
+
+    /// A turn for a membership change on this member as leader: waits while a leader transfer
+    /// is under way here, up to `deadline` (`None` past it). Hold it across the change only.
+    pub async fn membership_turn(&self, deadline: Instant) -> Option<RwLockReadGuard<'_, ()>> {
+        timeout_at(deadline, self.submitter.transfer.turn())
+            .await
+            .ok()
+    }
+
+    /// `client_write` on this member as leader, held while a leader transfer is under way (the
+    /// peer service's path for proposals forwarded by followers). After a transfer that moved
+    /// the leadership, it answers ForwardToLeader without appending anything.
+    pub async fn write_as_leader(
+        &self,
+        proposal: Proposal,
+    ) -> Result<
+        openraft::raft::ClientWriteResponse<TypeConfig>,
+        RaftError<NodeId, ClientWriteError<NodeId, Member>>,
+    > {
+        let _turn = self.submitter.transfer.turn().await;
+        self.submitter.raft.client_write(proposal).await
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -397,6 +460,14 @@ impl Submitter {
         loop {
             let leader = self.wait_leader(deadline).await?;
             if leader == self.id {
+                // Held here while this member hands its leadership over (see the module docs).
+                let Ok(_turn) = timeout_at(deadline, self.transfer.turn()).await else {
+                    return Err(ProposeError::TransferTimeout);
+                };
+                if self.raft.metrics().borrow().current_leader != Some(self.id) {
+                    // The transfer moved the leadership: forward to the new leader instead.
+                    continue;
+                }
                 match timeout_at(deadline, self.raft.client_write(proposal.clone())).await {
                     Err(_) => return Err(ProposeError::Timeout),
                     Ok(Ok(resp)) => return Ok(resp.data),
@@ -484,6 +555,9 @@ impl Submitter {
     /// Confirms with a quorum that this member still leads (a leader cut off from the
     /// majority must not keep leases alive that the new leader will expire).
     async fn confirm_leadership(&self) -> bool {
+        // Held during a leader transfer: a check would send AppendEntries (see the module
+        // docs), and an answer given meanwhile could come from a leader about to step down.
+        let _turn = self.transfer.turn().await;
         let fresh = {
             let m = self.raft.metrics();
             let m = m.borrow();
@@ -595,7 +669,11 @@ impl Submitter {
     /// openraft's read log id, raised to the last log index at startup while leading in the
     /// term this member started in (see `startup`).
     async fn leader_read_index_now(&self) -> LeaderRound {
-        let (read_log_id, _) = self.raft.get_read_log_id().await?;
+        let (read_log_id, _) = {
+            // Held during a leader transfer: the check sends AppendEntries (module docs).
+            let _turn = self.transfer.turn().await;
+            self.raft.get_read_log_id().await?
+        };
         let index = read_log_id.map_or(0, |l| l.index);
         let (term, last) = self.startup;
         let restored = read_log_id.is_some_and(|l| l.leader_id.term == term);

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -48,6 +49,10 @@ pub enum MembershipRequest {
     MoveLeader { target: NodeId },
     /// To a leader-transfer target: campaign now, the leader has stopped its heartbeats.
     TimeoutNow,
+    /// To the other voters during a leader transfer: start no election of your own for
+    /// `millis` (0: resume now). Without it they time out too once the heartbeats stop, and
+    /// one of them may win before the target does.
+    HoldElections { millis: u64 },
 }
 
 /// What a successful request returns.
@@ -101,7 +106,7 @@ const NOT_A_LEARNER: &str = "etcdserver: can only promote a learner member";
 const LEARNER_NOT_READY: &str =
     "etcdserver: can only promote a learner member which is in sync with leader";
 const BAD_TRANSFEREE: &str = "etcdserver: bad leader transferee";
-const TRANSFER_TIMEOUT: &str = "etcdserver: request timed out, leader transfer took too long";
+pub const TRANSFER_TIMEOUT: &str = "etcdserver: request timed out, leader transfer took too long";
 
 /// A learner is "in sync" (promotable) when it has replicated this share of the leader's log,
 /// etcd's rule.
@@ -115,6 +120,8 @@ pub struct Membership {
     cluster_id: u64,
     election_timeout: Duration,
     request_timeout: Duration,
+    /// Until when another member's leader transfer holds this member's elections.
+    election_hold: Arc<Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl Membership {
@@ -131,7 +138,52 @@ impl Membership {
             cluster_id,
             election_timeout,
             request_timeout,
+            election_hold: Arc::default(),
         }
+    }
+
+    /// Holds this member's own elections for `hold` (a zero `hold` resumes them at once).
+    /// Overlapping holds end with the last one; a transfer whose leader dies mid-way holds them
+    /// no longer than it asked.
+    fn hold_elections(&self, hold: Duration) {
+        let raft = self.handle.raft().clone();
+        let until = tokio::time::Instant::now() + hold;
+        {
+            let mut held = self.election_hold.lock().unwrap_or_else(|p| p.into_inner());
+            if hold.is_zero() {
+                *held = None;
+                raft.runtime_config().elect(true);
+                return;
+            }
+            *held = Some(held.map_or(until, |u| u.max(until)));
+            raft.runtime_config().elect(false);
+        }
+        let election_hold = self.election_hold.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(until).await;
+            let mut held = election_hold.lock().unwrap_or_else(|p| p.into_inner());
+            if held.is_some_and(|u| u <= tokio::time::Instant::now()) {
+                *held = None;
+                raft.runtime_config().elect(true);
+            }
+        });
+    }
+
+    /// Asks `voters` to hold their elections for `hold` (zero: resume), each at most one
+    /// election timeout; a voter that does not answer is left alone.
+    async fn hold_voters(&self, voters: &[(NodeId, Member)], hold: Duration) {
+        let millis = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
+        let asks = voters.iter().map(|(id, member)| async move {
+            let ask = MembershipRequest::HoldElections { millis };
+            let clients = self.handle.peer_clients();
+            if let Err(e) = clients
+                .membership(*id, member, &ask, self.election_timeout)
+                .await
+            {
+                tracing::debug!(%e, voter = format!("{id:x}"), "holding a voter's elections");
+            }
+        });
+        futures::future::join_all(asks).await;
     }
 
     fn reply(&self, added: Option<NodeId>) -> MembershipReply {
@@ -197,6 +249,10 @@ impl Membership {
                 tokio::spawn(campaign(self.handle.clone(), self.election_timeout));
                 Ok(self.reply(None))
             }
+            MembershipRequest::HoldElections { millis } => {
+                self.hold_elections(Duration::from_millis(millis));
+                Ok(self.reply(None))
+            }
             // Forwarded on to the leader from here: a joining member does not know the leader
             // yet and asks whichever member its flags name.
             other => self.execute(other).await,
@@ -205,7 +261,9 @@ impl Membership {
 
     async fn as_leader(&self, req: MembershipRequest) -> MembershipResult {
         match req {
-            MembershipRequest::Describe | MembershipRequest::TimeoutNow => Ok(self.reply(None)),
+            MembershipRequest::Describe
+            | MembershipRequest::TimeoutNow
+            | MembershipRequest::HoldElections { .. } => Ok(self.reply(None)),
             MembershipRequest::Add { peer_urls, learner } => self.add(peer_urls, learner).await,
             MembershipRequest::Join { id, member } => self.join(id, member).await,
             MembershipRequest::Promote { id } => self.promote(id).await,
@@ -381,12 +439,24 @@ impl Membership {
             ));
         }
         loop {
-            match self
-                .handle
-                .raft()
-                .change_membership(change.clone(), false)
-                .await
-            {
+            // A membership change replicates like any entry: it waits for a leader transfer
+            // under way here to end (see `RaftHandle`), and then fails over to the new leader.
+            let attempt = async {
+                let _turn = self.handle.membership_turn(deadline.into()).await?;
+                Some(
+                    self.handle
+                        .raft()
+                        .change_membership(change.clone(), false)
+                        .await,
+                )
+            };
+            let Some(outcome) = attempt.await else {
+                return Err(MembershipRefusal::status(
+                    Code::DeadlineExceeded,
+                    TRANSFER_TIMEOUT,
+                ));
+            };
+            match outcome {
                 Ok(_) => return Ok(()),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     return Err(MembershipRefusal::NotLeader(f.leader_id))
@@ -416,6 +486,12 @@ impl Membership {
     /// Hands leadership to `target`: stop heartbeats so the followers' leader lease runs out,
     /// tell the target to campaign, and wait until it leads. openraft 0.9 has no transfer
     /// primitive; this is Raft's TimeoutNow done from outside.
+    ///
+    /// While it runs, this member holds its proposals and leadership checks (see `RaftHandle`):
+    /// each would send AppendEntries, renewing the followers' lease, and under steady writes
+    /// the target's votes would keep being refused. Concurrent transfers on this member run one
+    /// after the other; one that finds the leadership gone once its turn comes is forwarded to
+    /// the new leader.
     async fn move_leader(&self, target: NodeId) -> MembershipResult {
         let me = self.handle.id();
         if target == me {
@@ -430,40 +506,85 @@ impl Membership {
                 BAD_TRANSFEREE,
             ));
         }
+        let Some(_hold) = self.handle.begin_transfer(self.request_timeout).await else {
+            return Err(MembershipRefusal::status(
+                Code::DeadlineExceeded,
+                TRANSFER_TIMEOUT,
+            ));
+        };
+        match self.handle.leader() {
+            Some(leader) if leader == target => return Ok(self.reply(None)),
+            Some(leader) if leader == me => {}
+            // An earlier transfer moved the leadership while this one waited its turn.
+            other => return Err(MembershipRefusal::NotLeader(other)),
+        }
         let raft = self.handle.raft();
         // Longer than the followers' lease (election timeout max = 2 × election timeout) plus
         // a campaign.
         let deadline = Instant::now() + self.election_timeout * 6;
-        raft.runtime_config().heartbeat(false);
+        // The other voters must not campaign when the heartbeats stop: one of them could win
+        // before the target. (Raft's TimeoutNow has the target campaign at once, while the
+        // others' timers are fresh; here the target waits out their lease, long enough for
+        // their own timers to fire.)
+        let others: Vec<(NodeId, Member)> = self
+            .handle
+            .members()
+            .into_iter()
+            .filter(|(id, _, learner)| !learner && *id != me && *id != target)
+            .map(|(id, m, _)| (id, m))
+            .collect();
+        // This member too, once it steps down: with the longest log it would win again.
+        let hold = self.election_timeout * 7;
+        self.hold_elections(hold);
+        self.hold_voters(&others, hold).await;
+        // Declared after `_hold`, so dropped first: heartbeats resume before held proposals go
+        // out, on every way out of here.
+        let _heartbeats = HeartbeatsOff::new(raft);
+        // As Raft's transfer does: the target campaigns only once it has this leader's whole
+        // log (nothing is appended meanwhile), or the voters, this one first, refuse it.
+        let outcome = if self.target_caught_up(target, deadline).await {
+            self.hand_over(target, &member, deadline).await
+        } else {
+            Err(MembershipRefusal::status(
+                Code::DeadlineExceeded,
+                TRANSFER_TIMEOUT,
+            ))
+        };
+        // Their holds would lapse by themselves; resuming now restores the usual failover
+        // time. In the background: the answer does not wait for it.
+        self.hold_elections(Duration::ZERO);
+        let this = self.clone();
+        tokio::spawn(async move { this.hold_voters(&others, Duration::ZERO).await });
+        outcome.map(|()| self.reply(None))
+    }
+
+    /// Tells `target` to campaign and waits until it leads (or `deadline`).
+    async fn hand_over(
+        &self,
+        target: NodeId,
+        member: &Member,
+        deadline: Instant,
+    ) -> Result<(), MembershipRefusal> {
+        let me = self.handle.id();
         let mut told = false;
-        let outcome = loop {
+        loop {
             let leader = self.handle.leader();
             if leader == Some(target) {
-                break Ok(());
+                return Ok(());
             }
-            if leader.is_some() && leader != Some(me) {
-                // Someone else won the race; the transfer did not happen as asked.
-                break Err(MembershipRefusal::status(
-                    Code::DeadlineExceeded,
-                    TRANSFER_TIMEOUT,
-                ));
-            }
-            if Instant::now() >= deadline {
-                break Err(MembershipRefusal::status(
+            if (leader.is_some() && leader != Some(me)) || Instant::now() >= deadline {
+                // Too slow, or another member won: not the transfer that was asked for.
+                return Err(MembershipRefusal::status(
                     Code::DeadlineExceeded,
                     TRANSFER_TIMEOUT,
                 ));
             }
             if !told {
+                let timeout = deadline.saturating_duration_since(Instant::now());
                 match self
                     .handle
                     .peer_clients()
-                    .membership(
-                        target,
-                        &member,
-                        &MembershipRequest::TimeoutNow,
-                        self.request_timeout,
-                    )
+                    .membership(target, member, &MembershipRequest::TimeoutNow, timeout)
                     .await
                 {
                     Ok(_) => told = true,
@@ -471,9 +592,48 @@ impl Membership {
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `target` has replicated this leader's last log entry; false if `deadline`
+    /// passes first (or this member stops leading).
+    async fn target_caught_up(&self, target: NodeId, deadline: Instant) -> bool {
+        let caught_up = |m: &openraft::RaftMetrics<NodeId, Member>| {
+            let last = m.last_log_index;
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&target).copied().flatten())
+                .map(|l| l.index);
+            matched.is_some() && matched >= last
         };
-        raft.runtime_config().heartbeat(true);
-        outcome.map(|()| self.reply(None))
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let done = self
+            .handle
+            .raft()
+            .wait(Some(timeout))
+            .metrics(caught_up, "the transfer target has the whole log")
+            .await;
+        if let Err(e) = &done {
+            tracing::warn!(%e, target = format!("{target:x}"), "leader transfer: the target did not catch up");
+        }
+        done.is_ok()
+    }
+}
+
+/// Heartbeats off for as long as this lives (a leader transfer).
+struct HeartbeatsOff(super::types::Raft);
+
+impl HeartbeatsOff {
+    fn new(raft: &super::types::Raft) -> Self {
+        raft.runtime_config().heartbeat(false);
+        HeartbeatsOff(raft.clone())
+    }
+}
+
+impl Drop for HeartbeatsOff {
+    fn drop(&mut self) {
+        self.0.runtime_config().heartbeat(true);
     }
 }
 
@@ -492,6 +652,8 @@ async fn campaign(handle: RaftHandle, election_timeout: Duration) {
             tracing::warn!(%e, "campaigning for a leader transfer");
             return;
         }
+        // Soon after the leases run out, and not so often that a round's answers, slow under
+        // load, are dropped for a newer term.
         tokio::time::sleep(election_timeout / 2).await;
     }
 }

@@ -69,7 +69,8 @@ impl Peer for PeerService {
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let proposal: Proposal = decode(req.get_ref()).map_err(codec_status)?;
         let result: Result<ProposalResult, ForwardRefusal> =
-            match self.raft.client_write(proposal).await {
+            // Held while this member transfers its leadership (see `RaftHandle`).
+            match self.handle.write_as_leader(proposal).await {
                 Ok(resp) => Ok(resp.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     Err(ForwardRefusal::NotLeader(f.leader_id))
