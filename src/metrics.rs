@@ -185,6 +185,9 @@ pub struct Metrics {
     pub proposals_failed: Counter,
     /// Commands proposed through this member and not answered yet.
     pub proposals_pending: Gauge,
+    /// Snapshots received in full from a leader and accepted for installing: how a member
+    /// that fell behind the leader's log catches up.
+    pub snapshots_received: Counter,
     /// Open etcd watch streams (`Watch.Watch` calls) on this member.
     pub watch_streams: Gauge,
     /// Watchers across those streams.

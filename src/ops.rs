@@ -220,6 +220,14 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
         applied,
     );
 
+    t.one(
+        "corral_snapshots_received_total",
+        "counter",
+        "Snapshots this member received in full from a leader and accepted for installing, \
+         as a member behind the leader's log catches up (etcd_network_snapshot_receive_success).",
+        counted.snapshots_received.get(),
+    );
+
     // Proposals made through this member.
     t.one(
         "corral_proposals_committed_total",

@@ -2,7 +2,7 @@
 //! after the log was compacted catches up from a snapshot, is promoted, an old member is
 //! removed, and the cluster serves writes throughout; a voter added directly; automatic
 //! learners; member update, leader transfer (under write load, concurrent), removing the
-//! leader, and etcd's errors.
+//! leader, a follower that fell behind the log, and etcd's errors.
 
 mod common;
 
@@ -707,4 +707,170 @@ async fn membership_errors_are_etcds() {
     );
     client.put("still", "serving", None).await.expect("put");
     solo.shutdown().await;
+}
+
+/// A follower stopped while the cluster writes far past its log retention: restarted, it can
+/// only catch up from a snapshot. It installs one, ends with the same HashKV as the others at
+/// the same revision, and, since a snapshot carries the MVCC history (as etcd's, a copy of the
+/// whole backend), a watch on it from a revision before the gap delivers every event. Once
+/// that history is compacted, the same watch is refused as etcd refuses it: canceled, with
+/// the compaction revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_the_log_catches_up_from_a_snapshot() {
+    let mut cluster =
+        Cluster::start_with(3, &["--snapshot-count=50", "--snapshot-catchup-entries=10"]).await;
+    let leader = cluster.wait_leader().await;
+    let lagger = (0..3).find(|&i| i != leader).expect("a follower");
+    let mut client = cluster.client(leader).await;
+    for i in 0..20 {
+        client
+            .put(format!("k-before-{i:03}"), "x", None)
+            .await
+            .expect("put");
+    }
+    let first_rev = 2; // revision 1 is the empty store; every write here is one revision
+    let rev_before = cluster.node(leader).handle.store().revision();
+    cluster.wait_revision(lagger, rev_before).await;
+    let lagger_last = cluster
+        .node(lagger)
+        .handle
+        .raft()
+        .metrics()
+        .borrow()
+        .last_log_index
+        .unwrap_or(0);
+    cluster.stop(lagger).await;
+
+    for i in 0..300 {
+        client
+            .put(format!("k-gap-{i:04}"), "y".repeat(32), None)
+            .await
+            .expect("put");
+        if i % 10 == 9 {
+            client
+                .delete(format!("k-gap-{:04}", i - 5), None)
+                .await
+                .expect("delete");
+        }
+    }
+    let purged = eventually(
+        "the leader purged its log past the stopped follower",
+        Duration::from_secs(20),
+        || {
+            let purged = cluster
+                .node(leader)
+                .handle
+                .raft()
+                .metrics()
+                .borrow()
+                .purged
+                .map_or(0, |l| l.index);
+            async move { (purged > lagger_last).then_some(purged) }
+        },
+    )
+    .await;
+
+    cluster.restart(lagger).await;
+    let target = cluster.node(leader).handle.store().revision();
+    cluster.wait_revision(lagger, target).await;
+    let lagging = &cluster.node(lagger).handle;
+    assert!(
+        lagging.metrics().snapshots_received.get() >= 1,
+        "the follower received a snapshot"
+    );
+    let snapshot = lagging
+        .raft()
+        .metrics()
+        .borrow()
+        .snapshot
+        .map_or(0, |l| l.index);
+    assert!(
+        snapshot >= purged,
+        "its snapshot covers the purged log (snapshot {snapshot}, purged {purged})"
+    );
+    let hashes = [
+        hash_kv(&cluster, 0, target).await,
+        hash_kv(&cluster, 1, target).await,
+        hash_kv(&cluster, 2, target).await,
+    ];
+    assert!(
+        hashes.iter().all(|h| *h == hashes[0]),
+        "HashKV at {target}: {hashes:?}"
+    );
+    assert_eq!(hashes[0].1, target);
+
+    // A watch on it from before the gap: every revision's event, in order.
+    let mut on_lagger = cluster.client(lagger).await;
+    let mut events = on_lagger
+        .watch(
+            "k-",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(first_rev),
+            ),
+        )
+        .await
+        .expect("watch on the caught-up follower");
+    let mut revisions = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while revisions.last() != Some(&target) {
+            let resp = events
+                .message()
+                .await
+                .expect("watch stream")
+                .expect("a response");
+            assert!(!resp.canceled(), "watch canceled: {}", resp.cancel_reason());
+            revisions.extend(
+                resp.events()
+                    .iter()
+                    .map(|e| e.kv().expect("kv").mod_revision()),
+            );
+        }
+    })
+    .await
+    .expect("every event in time");
+    assert_eq!(revisions, (first_rev..=target).collect::<Vec<_>>());
+
+    // Compacted history: etcd cancels a watch from before the compaction revision and says
+    // which revision it was compacted to.
+    let compact_at = target - 50;
+    client.compact(compact_at, None).await.expect("compact");
+    eventually(
+        "the follower applied the compaction",
+        Duration::from_secs(20),
+        || {
+            let compacted = cluster.node(lagger).handle.store().compacted();
+            async move { (compacted >= compact_at).then_some(()) }
+        },
+    )
+    .await;
+    let mut events = on_lagger
+        .watch(
+            "k-",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(first_rev),
+            ),
+        )
+        .await
+        .expect("watch");
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let resp = events
+                .message()
+                .await
+                .expect("watch stream")
+                .expect("a response");
+            if resp.canceled() {
+                return resp;
+            }
+        }
+    })
+    .await
+    .expect("the compacted watch is refused in time");
+    assert_eq!(refused.compact_revision(), compact_at);
+    assert!(refused.events().is_empty());
+    cluster.shutdown().await;
 }

@@ -61,8 +61,15 @@ impl Peer for PeerService {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let rpc = decode(req.get_ref()).map_err(codec_status)?;
+        let rpc: openraft::raft::InstallSnapshotRequest<TypeConfig> =
+            decode(req.get_ref()).map_err(codec_status)?;
+        let (done, vote) = (rpc.done, rpc.vote);
         let result = self.raft.install_snapshot(rpc).await;
+        // The last chunk, answered with the sender's vote: accepted and installed (a stale
+        // leader's is answered with this member's newer vote instead).
+        if done && result.as_ref().is_ok_and(|r| r.vote == vote) {
+            self.handle.metrics().snapshots_received.inc();
+        }
         Ok(Response::new(encode(&result).map_err(codec_status)?))
     }
 
