@@ -40,7 +40,7 @@ use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::pb::v3electionpb::election_server::ElectionServer;
 use crate::pb::v3lockpb::lock_server::LockServer;
 use crate::raft::handle::RaftHandle;
-use crate::raft::membership::{Identity, Membership, MembershipRequest};
+use crate::raft::membership::{Identity, Membership, MembershipRefusal, MembershipRequest};
 use crate::raft::network::{Faults, Network, PeerClients};
 use crate::raft::service::PeerService;
 use crate::raft::state_machine::StateMachine;
@@ -221,6 +221,11 @@ impl Node {
         )));
 
         if cfg.joins() {
+            // Not ready for clients until it has caught up with the cluster (see `join`): a
+            // sidecar application must not read an empty store.
+            handle
+                .standing()
+                .set_not_ready("joining the cluster: not caught up yet");
             tokio::spawn(join(
                 handle.clone(),
                 membership.clone(),
@@ -290,6 +295,11 @@ impl Node {
         tokio::spawn(publish_self(
             handle.clone(),
             cfg.advertise_client_urls.clone(),
+            shutdown_rx.clone(),
+        ));
+        tokio::spawn(crate::raft::membership::watch_removal(
+            handle.clone(),
+            Duration::from_millis(cfg.election_timeout_ms),
             shutdown_rx.clone(),
         ));
 
@@ -432,8 +442,16 @@ async fn ask_cluster_identity(cfg: &Config, clients: &PeerClients) -> anyhow::Re
     }
 }
 
+/// Pause between join requests while the cluster is not answering or has no leader.
+const JOIN_RETRY: Duration = Duration::from_millis(500);
+/// Pause after the cluster refused: it keeps refusing until an operator changes something.
+const JOIN_REFUSED_RETRY: Duration = Duration::from_secs(5);
+
 /// A joining member asks the leader (through any member) to add it as a learner if it is not a
-/// member yet, and to record its name and client URLs; done once the membership shows its name.
+/// member yet, and to record its name and client URLs; joined once the membership shows its
+/// name. Then it catches up and reports ready (see [`catch_up`]). A refusal (another cluster's
+/// token, an id another member's name holds, peer URLs taken) is logged once per reason and
+/// reported by `/readyz`; the member keeps asking, more slowly, in case the cluster changes.
 async fn join(
     handle: RaftHandle,
     membership: Membership,
@@ -449,15 +467,20 @@ async fn join(
     let request = MembershipRequest::Join {
         id: handle.id(),
         member: me.clone(),
+        cluster_token: cfg.cluster_token.clone(),
     };
     let mut next = 0;
+    let mut refused: Option<String> = None;
     loop {
         let known = handle
             .members()
             .into_iter()
             .any(|(id, m, _)| id == handle.id() && m.name == me.name);
         if known {
-            return;
+            if refused.is_some() {
+                tracing::info!("the cluster accepted this member after refusing it");
+            }
+            break;
         }
         // Once this member has a leader it goes through it; before, through whichever peer
         // from the flags answers (it forwards to its leader).
@@ -473,17 +496,65 @@ async fn join(
                 Ok(r) => r,
                 Err(e) => {
                     tracing::debug!(%e, "asking to join");
-                    Err(crate::raft::membership::MembershipRefusal::NotLeader(None))
+                    Err(MembershipRefusal::NotLeader(None))
                 }
             }
         } else {
             return;
         };
-        if let Err(refusal) = result {
-            tracing::info!(?refusal, "asking to join the cluster; will retry");
+        let pause = match result {
+            Ok(_) => JOIN_RETRY,
+            Err(MembershipRefusal::NotLeader(_)) => {
+                tracing::info!("asking to join the cluster: no leader answered yet; will retry");
+                JOIN_RETRY
+            }
+            Err(MembershipRefusal::Status { message, .. }) => {
+                if refused.as_deref() != Some(message.as_str()) {
+                    tracing::error!(
+                        reason = %message,
+                        "the cluster refused to let this member join; it is not ready and \
+                         asks again every {JOIN_REFUSED_RETRY:?}"
+                    );
+                }
+                handle
+                    .standing()
+                    .set_not_ready(format!("join refused: {message}"));
+                refused = Some(message);
+                JOIN_REFUSED_RETRY
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+    handle
+        .standing()
+        .set_not_ready("joined the cluster: not caught up yet");
+    catch_up(&handle, &mut stop).await;
+}
+
+/// Waits until this member has applied everything the cluster had committed when it asked (a
+/// read barrier: the leader's commit index, then the local apply reaching it), then marks it
+/// ready. Retried until it succeeds: a catch-up from a large snapshot may outlast one barrier.
+async fn catch_up(handle: &RaftHandle, stop: &mut watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            r = handle.read_barrier() => match r {
+                Ok(()) => {
+                    handle.standing().set_ready();
+                    tracing::info!(
+                        applied = handle.raft().metrics().borrow().last_applied.map_or(0, |l| l.index),
+                        "caught up with the cluster: ready"
+                    );
+                    return;
+                }
+                Err(e) => tracing::info!(%e, "catching up with the cluster; will retry"),
+            },
+            _ = stop.wait_for(|s| *s) => return,
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(JOIN_RETRY) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

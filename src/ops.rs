@@ -18,6 +18,7 @@ use axum::Router;
 
 use crate::metrics::{HistogramSnapshot, LATENCY_BUCKETS};
 use crate::raft::handle::RaftHandle;
+use crate::raft::membership::MEMBER_REMOVED;
 
 /// Measuring the space in use scans the whole database, so a scrape reuses a measurement
 /// this recent instead.
@@ -41,20 +42,25 @@ pub fn router(handle: RaftHandle) -> Router {
         }))
 }
 
-/// 200 when this member knows a leader and its store answers; etcd's JSON shape.
+/// 200 when this member is in the cluster, knows a leader and its store answers; etcd's JSON
+/// shape.
 async fn health(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     let handle = &ops.handle;
     let store_ok = handle.store().read_meta(b"revision").is_ok();
+    let unhealthy = |reason: &str| {
+        let body = serde_json::json!({ "health": "false", "reason": reason }).to_string();
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    };
+    if handle.standing().removed() {
+        return unhealthy(MEMBER_REMOVED);
+    }
     match (handle.leader(), store_ok) {
-        (Some(_), true) => (StatusCode::OK, r#"{"health":"true","reason":""}"#),
-        (None, _) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"health":"false","reason":"no leader"}"#,
+        (Some(_), true) => (
+            StatusCode::OK,
+            r#"{"health":"true","reason":""}"#.to_string(),
         ),
-        (_, false) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"health":"false","reason":"store not readable"}"#,
-        ),
+        (None, _) => unhealthy("no leader"),
+        (_, false) => unhealthy("store not readable"),
     }
 }
 
@@ -69,12 +75,21 @@ async fn livez(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     }
 }
 
-/// Ready to take client traffic: part of a cluster with a leader.
+/// Ready to take client traffic: part of a cluster with a leader, not removed from it, and — a
+/// member that joined a running cluster — caught up with it (so an application next to a new
+/// learner does not read an empty store). The body says why not.
 async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
+    let standing = ops.handle.standing();
+    if standing.removed() {
+        return (StatusCode::SERVICE_UNAVAILABLE, MEMBER_REMOVED.to_string());
+    }
+    if let Some(reason) = standing.not_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, reason);
+    }
     if ops.handle.leader().is_some() {
-        (StatusCode::OK, "ok")
+        (StatusCode::OK, "ok".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no leader")
+        (StatusCode::SERVICE_UNAVAILABLE, "no leader".to_string())
     }
 }
 

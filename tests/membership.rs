@@ -1,8 +1,9 @@
 //! Membership changes through etcd's Cluster API with a real etcd client: a learner added
 //! after the log was compacted catches up from a snapshot, is promoted, an old member is
 //! removed, and the cluster serves writes throughout; a voter added directly; automatic
-//! learners; member update, leader transfer (under write load, concurrent), removing the
-//! leader, a follower that fell behind the log, and etcd's errors.
+//! learners (several at once, readiness, refusals); member update, leader transfer (under
+//! write load, concurrent), removing the leader, a removed member left running, a follower
+//! that fell behind the log, and etcd's errors.
 
 mod common;
 
@@ -11,11 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, Cluster, Reserved};
+use common::{eventually, http_get, serve_ops, Cluster, Reserved};
 use etcd_client::{GetOptions, MemberAddOptions, WatchOptions};
 use tonic::Code;
 
 // etcd's texts, which clients match on.
+const MEMBER_REMOVED: &str = "etcdserver: the member has been permanently removed from the cluster";
 const BAD_URLS: &str = "etcdserver: given member URLs are invalid";
 const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
 const BAD_TRANSFEREE: &str = "etcdserver: bad leader transferee";
@@ -406,6 +408,12 @@ async fn update_transfer_remove_leader_and_errors() {
         .await
         .expect("remove the leader");
     assert_eq!(removed.members().len(), 2);
+    // The leader committed the configuration without itself: it knows it is out.
+    eventually("the removed leader knows", Duration::from_secs(20), || {
+        let removed = cluster.node(target).handle.standing().removed();
+        async move { removed.then_some(()) }
+    })
+    .await;
     cluster.stop(target).await;
     let new_leader = cluster.wait_leader_among(&[leader, follower]).await;
     assert_ne!(new_leader, target);
@@ -872,5 +880,311 @@ async fn a_follower_behind_the_log_catches_up_from_a_snapshot() {
     .expect("the compacted watch is refused in time");
     assert_eq!(refused.compact_revision(), compact_at);
     assert!(refused.events().is_empty());
+    cluster.shutdown().await;
+}
+
+/// A member removed from the cluster and left running stops serving what needs the cluster,
+/// as etcd's removed member does: `/readyz` and `/health` fail with etcd's text, and so do
+/// writes and linearizable reads through it. Checked for a voter (it campaigns, unaware) and a
+/// learner (it would keep believing in its leader).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_member_left_running_stops_serving() {
+    let mut cluster = Cluster::start_with(3, &["--auto-learner"]).await;
+    let learner = cluster
+        .join(
+            Reserved::new().await,
+            "sidecar-3",
+            false,
+            &["--auto-learner"],
+        )
+        .await;
+    let leader = cluster.wait_leader().await;
+    let voter = (0..3).find(|&i| i != leader).expect("a follower");
+    let ops: Vec<_> = [voter, learner]
+        .iter()
+        .map(|&i| (i, cluster.node(i)))
+        .collect();
+    let mut ops_addrs = Vec::new();
+    for (i, node) in ops {
+        let addr = serve_ops(node).await;
+        eventually(
+            &format!("member {i} ready"),
+            Duration::from_secs(20),
+            || async move { (http_get(addr, "/readyz").await.0 == 200).then_some(()) },
+        )
+        .await;
+        ops_addrs.push((i, addr));
+    }
+
+    let mut client = cluster.client(leader).await;
+    client.put("before", "1", None).await.expect("put");
+    for &i in &[voter, learner] {
+        client
+            .member_remove(cluster.member_id(i))
+            .await
+            .expect("member remove");
+    }
+    assert_eq!(client.member_list().await.expect("list").members().len(), 2);
+
+    for (i, addr) in ops_addrs {
+        let body = eventually(
+            &format!("removed member {i} not ready"),
+            Duration::from_secs(20),
+            || async move {
+                let (code, body) = http_get(addr, "/readyz").await;
+                (code == 503 && body != "no leader").then_some(body)
+            },
+        )
+        .await;
+        assert_eq!(body, MEMBER_REMOVED, "member {i}'s /readyz");
+        assert!(cluster.node(i).handle.standing().removed());
+        let (code, body) = http_get(addr, "/health").await;
+        assert_eq!(code, 503);
+        let health: serde_json::Value = serde_json::from_str(&body).expect("JSON health");
+        assert_eq!(health["health"], "false");
+        assert_eq!(health["reason"], MEMBER_REMOVED);
+
+        let mut on_removed = cluster.client(i).await;
+        let e = status(on_removed.put("via-removed", "x", None).await.unwrap_err());
+        assert_eq!(
+            (e.code(), e.message()),
+            (Code::Unavailable, MEMBER_REMOVED),
+            "put via {i}"
+        );
+        let e = status(on_removed.get("before", None).await.unwrap_err());
+        assert_eq!(
+            (e.code(), e.message()),
+            (Code::Unavailable, MEMBER_REMOVED),
+            "linearizable get via {i}"
+        );
+    }
+    // The cluster goes on without them.
+    client
+        .put("after", "2", None)
+        .await
+        .expect("put after the removals");
+    assert!(client
+        .get("via-removed", None)
+        .await
+        .expect("get")
+        .kvs()
+        .is_empty());
+    cluster.shutdown().await;
+}
+
+/// A StatefulSet of sidecars scaled from 4 to 7: three automatic learners join at once. None
+/// reports ready before it has caught up (here: while the leader cannot reach them, so they
+/// have nothing), then each does, as a learner, and serves serializable reads of everything
+/// written before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_learners_join_at_once_and_are_ready_only_once_caught_up() {
+    let mut cluster = Cluster::start_with(3, &["--auto-learner"]).await;
+    let leader = cluster.wait_leader().await;
+    let mut client = cluster.client(leader).await;
+    for i in 0..100 {
+        client
+            .put(format!("pre-{i:03}"), "x", None)
+            .await
+            .expect("put");
+    }
+    let sidecar = cluster
+        .join(
+            Reserved::new().await,
+            "sidecar-3",
+            false,
+            &["--auto-learner"],
+        )
+        .await;
+    let mut reserved = Vec::new();
+    for name in ["sidecar-4", "sidecar-5", "sidecar-6"] {
+        reserved.push((name, Reserved::new().await));
+    }
+    // The founders cannot send the newcomers anything (their ids are derived from name and
+    // peer URL, with the default token): joined, but not caught up.
+    let ids: Vec<u64> = reserved
+        .iter()
+        .map(|(name, r)| corral::config::member_id_for("corral-cluster", name, &[r.peer_url()]))
+        .collect();
+    for i in 0..4 {
+        for &id in &ids {
+            cluster.node(i).faults.block(id);
+        }
+    }
+    let learners = cluster.join_many(reserved, &["--auto-learner"]).await;
+    assert_eq!(
+        learners
+            .iter()
+            .map(|&i| cluster.member_id(i))
+            .collect::<Vec<_>>(),
+        ids
+    );
+    let mut ops = Vec::new();
+    for &i in &learners {
+        ops.push((i, serve_ops(cluster.node(i)).await));
+    }
+    eventually("the three learners added", Duration::from_secs(20), || {
+        let mut c = client.clone();
+        let ids = ids.clone();
+        async move {
+            let list = c.member_list().await.ok()?;
+            let learners = ids
+                .iter()
+                .filter(|id| {
+                    list.members()
+                        .iter()
+                        .any(|m| m.id() == **id && m.is_learner())
+                })
+                .count();
+            (learners == 3).then_some(())
+        }
+    })
+    .await;
+    for &(i, addr) in &ops {
+        let (code, body) = http_get(addr, "/readyz").await;
+        assert_eq!(
+            code, 503,
+            "learner {i} is not ready before catching up: {body}"
+        );
+        assert!(body.contains("not caught up"), "{body}");
+    }
+
+    let commit_at_join = cluster
+        .node(leader)
+        .handle
+        .raft()
+        .metrics()
+        .borrow()
+        .last_log_index
+        .unwrap_or(0);
+    cluster.heal();
+    for &(i, addr) in &ops {
+        eventually(
+            &format!("learner {i} ready"),
+            Duration::from_secs(30),
+            || async move { (http_get(addr, "/readyz").await.0 == 200).then_some(()) },
+        )
+        .await;
+        let applied = cluster
+            .node(i)
+            .handle
+            .raft()
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
+        assert!(
+            applied >= commit_at_join,
+            "learner {i} ready at {applied}, before {commit_at_join}"
+        );
+        // Ready means its own copy already has what was written before it joined.
+        let got = cluster
+            .client(i)
+            .await
+            .get(
+                "pre-",
+                Some(GetOptions::new().with_prefix().with_serializable()),
+            )
+            .await
+            .expect("serializable get on a learner");
+        assert_eq!(got.kvs().len(), 100, "learner {i}");
+    }
+    let list = client.member_list().await.expect("list");
+    assert_eq!(list.members().len(), 7);
+    assert_eq!(list.members().iter().filter(|m| m.is_learner()).count(), 4);
+    for name in ["sidecar-3", "sidecar-4", "sidecar-5", "sidecar-6"] {
+        assert!(
+            list.members()
+                .iter()
+                .any(|m| m.name() == name && m.is_learner()),
+            "{name}"
+        );
+    }
+    assert!(cluster
+        .node(sidecar)
+        .handle
+        .standing()
+        .not_ready()
+        .is_none());
+    cluster.shutdown().await;
+}
+
+/// A joining member the cluster refuses says why (in its log and on `/readyz`) instead of
+/// retrying in silence: one configured with another cluster's token, and one whose peer URLs
+/// belong to a member already known under another name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_joins_are_reported() {
+    let mut cluster = Cluster::start_with(3, &["--auto-learner"]).await;
+    let leader = cluster.wait_leader().await;
+    let mut client = cluster.client(leader).await;
+
+    let stranger = cluster
+        .join(
+            Reserved::new().await,
+            "stranger",
+            false,
+            &["--auto-learner", "--initial-cluster-token=another-cluster"],
+        )
+        .await;
+    let reason = eventually("the stranger refused", Duration::from_secs(20), || {
+        let reason = cluster.node(stranger).handle.standing().not_ready();
+        async move { reason.filter(|r| r.starts_with("join refused")) }
+    })
+    .await;
+    assert!(reason.contains("cluster ID mismatch"), "{reason}");
+    assert!(reason.contains("another-cluster"), "{reason}");
+    let addr = serve_ops(cluster.node(stranger)).await;
+    assert_eq!(http_get(addr, "/readyz").await, (503, reason));
+    assert_eq!(client.member_list().await.expect("list").members().len(), 3);
+    cluster.stop(stranger).await;
+
+    // A member added and started as m3, then started again from a fresh data directory at
+    // the same peer URL under another name: the id its URL maps to is m3's.
+    let reserved = Reserved::new().await;
+    let added = client
+        .member_add(
+            [reserved.peer_url()],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .expect("member add")
+        .member()
+        .expect("added")
+        .id();
+    let m3 = cluster
+        .join(reserved, "m3", true, &["--initial-cluster-state=existing"])
+        .await;
+    eventually("m3 named", Duration::from_secs(20), || {
+        let mut c = client.clone();
+        async move {
+            let list = c.member_list().await.ok()?;
+            list.members()
+                .iter()
+                .any(|m| m.id() == added && m.name() == "m3")
+                .then_some(())
+        }
+    })
+    .await;
+    let (c, p) = cluster.addrs(m3);
+    cluster.stop(m3).await;
+    let impostor = cluster
+        .join(
+            Reserved::again(c, p).await,
+            "m4",
+            true,
+            &["--initial-cluster-state=existing"],
+        )
+        .await;
+    assert_eq!(cluster.node(impostor).id(), added);
+    let reason = eventually("the second name refused", Duration::from_secs(20), || {
+        let reason = cluster.node(impostor).handle.standing().not_ready();
+        async move { reason.filter(|r| r.starts_with("join refused")) }
+    })
+    .await;
+    assert!(reason.contains("already named \"m3\""), "{reason}");
+    let list = client.member_list().await.expect("list");
+    assert!(list
+        .members()
+        .iter()
+        .any(|m| m.id() == added && m.name() == "m3"));
     cluster.shutdown().await;
 }

@@ -30,7 +30,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, OwnedRwLockWriteGuard, RwLock, RwLockReadGuard, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
-use super::membership::TRANSFER_TIMEOUT;
+use super::membership::{Standing, MEMBER_REMOVED, TRANSFER_TIMEOUT};
 use super::network::{ForwardRefusal, LeaseAsk, PeerClients, PeerError};
 use super::types::{Member, NodeId, Proposal, ProposalResult, Raft, TypeConfig};
 use crate::command::{Command, CommandResult};
@@ -64,6 +64,9 @@ pub enum ProposeError {
     /// proposed, so safe to retry.
     #[error("{}", TRANSFER_TIMEOUT)]
     TransferTimeout,
+    /// This member is no longer part of the cluster (see `raft::membership::watch_removal`).
+    #[error("{}", MEMBER_REMOVED)]
+    Removed,
 }
 
 /// Keeps AppendEntries from the leader while it transfers its leadership (see the module
@@ -185,6 +188,8 @@ pub struct RaftHandle {
     queue: mpsc::Sender<Pending>,
     /// This member's metrics; everything holding the handle counts into them.
     metrics: Arc<Metrics>,
+    /// Whether this member is removed from the cluster or not ready yet.
+    standing: Arc<Standing>,
 }
 
 impl RaftHandle {
@@ -224,7 +229,12 @@ impl RaftHandle {
             store,
             queue,
             metrics,
+            standing: Arc::default(),
         }
+    }
+
+    pub fn standing(&self) -> &Arc<Standing> {
+        &self.standing
     }
 
     /// Starts a leader transfer on this member: waits (up to `timeout`) for the proposals and
@@ -280,6 +290,10 @@ impl RaftHandle {
 
     /// Replicates `command` and returns its result once applied on this member.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, ProposeError> {
+        if self.standing.removed() {
+            self.metrics.proposals_failed.inc();
+            return Err(ProposeError::Removed);
+        }
         // A NOSPACE alarm refuses this at apply anyway; refusing it here saves the round.
         if self.store.nospace() && command.needs_space() {
             return Ok(CommandResult::Error(crate::mvcc::MvccError::NoSpace));
@@ -306,6 +320,9 @@ impl RaftHandle {
     /// Returns once this member has applied everything committed before the call: reads
     /// served after it are linearizable. Works on followers through the leader's read index.
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
+        if self.standing.removed() {
+            return Err(ProposeError::Removed);
+        }
         self.submitter.read_barrier().await
     }
 
@@ -323,6 +340,9 @@ impl RaftHandle {
     /// Asks the leader's lease clock (forwarding from a follower): for a keep-alive the
     /// renewed TTL, for time-to-live (granted, remaining). `None`: no such lease.
     pub async fn lease(&self, ask: LeaseAsk, id: i64) -> Result<Option<(i64, i64)>, ProposeError> {
+        if self.standing.removed() {
+            return Err(ProposeError::Removed);
+        }
         self.submitter.lease(ask, id).await
     }
 

@@ -9,9 +9,14 @@
 //! [`crate::config::member_id_for`]); a member added by `MemberAdd` gets one from its peer
 //! URLs and the time of the add, and learns it when it starts by asking the cluster which
 //! member has its peer URLs (as etcd does with `--initial-cluster-state existing`).
+//!
+//! A removed member is never told by openraft (the leader stops replicating to it as soon as
+//! the configuration without it is appended); [`watch_removal`] finds out, and [`Standing`]
+//! records it, as well as a joining member not ready yet.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tonic::Code;
 
 use super::handle::RaftHandle;
-use super::types::{Member, NodeId};
+use super::types::{LogId, Member, NodeId};
 use crate::config::{canonical_advertise_url, member_id_for};
 
 /// A membership question or change, sent to the leader (or, for `Describe` and `TimeoutNow`,
@@ -38,7 +43,13 @@ pub enum MembershipRequest {
     /// A starting member announces itself: added as a learner if it is not a member yet
     /// (`--auto-learner`), and its name and client URLs recorded if the membership lacks them
     /// (a member added by `MemberAdd` is known only by its peer URLs until it starts).
-    Join { id: NodeId, member: Member },
+    /// `cluster_token` is the joiner's `--initial-cluster-token`: a member configured for
+    /// another cluster is refused.
+    Join {
+        id: NodeId,
+        member: Member,
+        cluster_token: String,
+    },
     /// etcd's MemberPromote: learner → voter, once it has caught up.
     Promote { id: NodeId },
     /// etcd's MemberRemove.
@@ -53,6 +64,10 @@ pub enum MembershipRequest {
     /// `millis` (0: resume now). Without it they time out too once the heartbeats stop, and
     /// one of them may win before the target does.
     HoldElections { millis: u64 },
+    /// From a member that hears from no leader, to any member, answered locally: was member
+    /// `id`, last seen in the configuration at `seen_in`, removed by a configuration committed
+    /// since? Refused with [`MEMBER_REMOVED`] if so.
+    CheckRemoved { id: NodeId, seen_in: LogId },
 }
 
 /// What a successful request returns.
@@ -107,6 +122,46 @@ const LEARNER_NOT_READY: &str =
     "etcdserver: can only promote a learner member which is in sync with leader";
 const BAD_TRANSFEREE: &str = "etcdserver: bad leader transferee";
 pub const TRANSFER_TIMEOUT: &str = "etcdserver: request timed out, leader transfer took too long";
+/// What a removed member answers, as etcd's removed member logs before it stops.
+pub const MEMBER_REMOVED: &str =
+    "etcdserver: the member has been permanently removed from the cluster";
+
+/// Where this member stands beyond knowing a leader; `/readyz` and `/health` report it.
+#[derive(Default)]
+pub struct Standing {
+    /// Removed from the cluster: requests that need the cluster fail with [`MEMBER_REMOVED`].
+    /// For good, as in etcd, whose removed member stops.
+    removed: AtomicBool,
+    /// Why this member is not ready for clients yet (a joining member still catching up, or
+    /// refused by the cluster); `None` once ready.
+    not_ready: Mutex<Option<String>>,
+}
+
+impl Standing {
+    pub fn removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Marks this member removed; true the first time, so the caller logs it once.
+    pub fn set_removed(&self) -> bool {
+        !self.removed.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn not_ready(&self) -> Option<String> {
+        self.not_ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        *self.not_ready.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.into());
+    }
+
+    pub fn set_ready(&self) {
+        *self.not_ready.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
 
 /// A learner is "in sync" (promotable) when it has replicated this share of the leader's log,
 /// etcd's rule.
@@ -253,6 +308,9 @@ impl Membership {
                 self.hold_elections(Duration::from_millis(millis));
                 Ok(self.reply(None))
             }
+            MembershipRequest::CheckRemoved { id, seen_in } => {
+                self.check_removed(id, seen_in).await
+            }
             // Forwarded on to the leader from here: a joining member does not know the leader
             // yet and asks whichever member its flags name.
             other => self.execute(other).await,
@@ -264,8 +322,15 @@ impl Membership {
             MembershipRequest::Describe
             | MembershipRequest::TimeoutNow
             | MembershipRequest::HoldElections { .. } => Ok(self.reply(None)),
+            MembershipRequest::CheckRemoved { id, seen_in } => {
+                self.check_removed(id, seen_in).await
+            }
             MembershipRequest::Add { peer_urls, learner } => self.add(peer_urls, learner).await,
-            MembershipRequest::Join { id, member } => self.join(id, member).await,
+            MembershipRequest::Join {
+                id,
+                member,
+                cluster_token,
+            } => self.join(id, member, cluster_token).await,
             MembershipRequest::Promote { id } => self.promote(id).await,
             MembershipRequest::Remove { id } => self.remove(id).await,
             MembershipRequest::Update { id, peer_urls } => self.update(id, peer_urls).await,
@@ -338,17 +403,42 @@ impl Membership {
         Ok(self.reply(Some(id)))
     }
 
-    async fn join(&self, id: NodeId, member: Member) -> MembershipResult {
+    async fn join(&self, id: NodeId, member: Member, cluster_token: String) -> MembershipResult {
+        // Same names and URLs with another token make another cluster (the ids differ): a
+        // member configured for that one must not slip into this one.
+        if cluster_token != self.cluster_token {
+            return Err(MembershipRefusal::status(
+                Code::FailedPrecondition,
+                format!(
+                    "etcdserver: cluster ID mismatch: member {:?} was started with \
+                     --initial-cluster-token {cluster_token:?}, this cluster's is {:?}",
+                    member.name, self.cluster_token
+                ),
+            ));
+        }
         let urls = self.check_urls(&member.peer_urls, Some(id))?;
         let member = Member {
             peer_urls: urls,
             ..member
         };
         match self.find(id) {
+            Ok((known, _)) if !known.name.is_empty() && known.name != member.name => {
+                // Two members cannot share an id; the joiner must not keep asking in silence
+                // (it logs this and reports it on /readyz).
+                Err(MembershipRefusal::status(
+                    Code::FailedPrecondition,
+                    format!(
+                        "etcdserver: member {id:x} is already named {:?}; a member named {:?} \
+                         cannot join as it (reused data directory or peer URLs?)",
+                        known.name, member.name
+                    ),
+                ))
+            }
             Err(_) => {
                 tracing::info!(id = format!("{id:x}"), name = %member.name, "adding a learner that asked to join");
                 self.change(ChangeMembers::AddNodes(BTreeMap::from([(id, member)])))
                     .await?;
+                Ok(self.reply(None))
             }
             Ok((known, _)) if known.name.is_empty() && !member.name.is_empty() => {
                 // Only the name and client URLs are filled in; the peer URLs, which the
@@ -360,10 +450,37 @@ impl Membership {
                 };
                 self.change(ChangeMembers::SetNodes(BTreeMap::from([(id, named)])))
                     .await?;
+                Ok(self.reply(None))
             }
-            Ok(_) => {}
+            Ok(_) => Ok(self.reply(None)),
         }
-        Ok(self.reply(None))
+    }
+
+    /// Answers [`MembershipRequest::CheckRemoved`] from this member's committed configuration.
+    /// Configurations follow one another in the log, so a committed one newer than one that
+    /// named `id`, and without it, means `id` was removed since (an id named again later, as an
+    /// automatic learner's can be, would be named in the newer one). Anything older or still
+    /// uncommitted proves nothing: the answer is then no.
+    async fn check_removed(&self, id: NodeId, seen_in: LogId) -> MembershipResult {
+        let committed = self
+            .handle
+            .raft()
+            .with_raft_state(move |st| {
+                let c = st.membership_state.committed();
+                (*c.log_id(), c.membership().get_node(&id).is_some())
+            })
+            .await;
+        match committed {
+            Ok((Some(at), false)) if at > seen_in => Err(MembershipRefusal::status(
+                Code::FailedPrecondition,
+                MEMBER_REMOVED,
+            )),
+            Ok(_) => Ok(self.reply(None)),
+            Err(e) => Err(MembershipRefusal::status(
+                Code::Unavailable,
+                format!("etcdserver: server stopped: {e}"),
+            )),
+        }
     }
 
     async fn promote(&self, id: NodeId) -> MembershipResult {
@@ -655,6 +772,123 @@ async fn campaign(handle: RaftHandle, election_timeout: Duration) {
         // Soon after the leases run out, and not so often that a round's answers, slow under
         // load, are dropped for a newer term.
         tokio::time::sleep(election_timeout / 2).await;
+    }
+}
+
+/// What one look at this member's Raft state tells about its membership.
+struct MembershipView {
+    /// (log id, names this member) of the newest configuration, committed or not.
+    effective: (Option<LogId>, bool),
+    /// The same for the newest committed configuration.
+    committed: (Option<LogId>, bool),
+    /// Whether this member leads.
+    leading: bool,
+    /// Whether this member has heard from a leader within `quiet` (AppendEntries renew the
+    /// vote's time on followers and learners).
+    heard_from_leader: bool,
+    /// The other members of the newest configuration: whom to ask.
+    peers: Vec<(NodeId, Member)>,
+}
+
+/// Watches for this member's removal from the cluster and marks it in [`Standing`] (then
+/// `/readyz` and `/health` fail and requests that need the cluster are refused with etcd's
+/// [`MEMBER_REMOVED`]). Ends when `stop` fires or Raft stops.
+///
+/// openraft does not tell a removed member: the leader stops replicating to it as soon as it
+/// appends the configuration without it, so the removed member keeps its last view — usually
+/// the joint configuration that still names it — for good (a learner even keeps believing in
+/// its leader). So this remembers the newest configuration that named this member, and
+/// concludes it was removed when a committed configuration newer than that does not: its own
+/// (a leader that removed itself), or, once it has heard from no leader for a while, another
+/// member's ([`MembershipRequest::CheckRemoved`]). A member still joining has never been named
+/// and is never judged.
+pub async fn watch_removal(
+    handle: RaftHandle,
+    election_timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let me = handle.id();
+    // Longer than a leader transfer keeps its followers without heartbeats.
+    let quiet = election_timeout * 3;
+    let ask_timeout = election_timeout.max(Duration::from_millis(500));
+    let mut seen_in: Option<LogId> = None;
+    let mut next_peer = 0usize;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(election_timeout) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let view = handle
+            .raft()
+            .with_raft_state(move |st| {
+                let look = |m: &openraft::EffectiveMembership<NodeId, Member>| {
+                    (*m.log_id(), m.membership().get_node(&me).is_some())
+                };
+                let effective = st.membership_state.effective();
+                MembershipView {
+                    effective: look(effective),
+                    committed: look(st.membership_state.committed()),
+                    leading: st.server_state == openraft::ServerState::Leader,
+                    heard_from_leader: st.vote_ref().is_committed()
+                        && st.vote_last_modified().is_some_and(|t| t.elapsed() < quiet),
+                    peers: effective
+                        .nodes()
+                        .filter(|(id, _)| **id != me)
+                        .map(|(id, m)| (*id, m.clone()))
+                        .collect(),
+                }
+            })
+            .await;
+        let Ok(view) = view else {
+            return;
+        };
+        for (at, named) in [view.effective, view.committed] {
+            if named {
+                seen_in = seen_in.max(at);
+            }
+        }
+        let Some(seen) = seen_in else {
+            continue;
+        };
+        let removed = match view.committed {
+            (Some(at), false) if at > seen => true,
+            _ if view.leading || view.heard_from_leader => false,
+            _ => {
+                let Some((peer, member)) = view.peers.get(next_peer % view.peers.len().max(1))
+                else {
+                    continue;
+                };
+                next_peer = next_peer.wrapping_add(1);
+                let ask = MembershipRequest::CheckRemoved {
+                    id: me,
+                    seen_in: seen,
+                };
+                // Bounded here too: the timeout the call carries is the server's to enforce,
+                // and a peer that stopped answering must not stall this loop.
+                let answer = tokio::time::timeout(
+                    ask_timeout,
+                    handle
+                        .peer_clients()
+                        .membership(*peer, member, &ask, ask_timeout),
+                )
+                .await;
+                match answer {
+                    Ok(Ok(Err(MembershipRefusal::Status { message, .. }))) => {
+                        message == MEMBER_REMOVED
+                    }
+                    // Not removed, or no answer (unreachable, an older version): ask again.
+                    _ => false,
+                }
+            }
+        };
+        if removed && handle.standing().set_removed() {
+            tracing::error!(
+                member_id = format!("{me:x}"),
+                "{MEMBER_REMOVED}: this member no longer serves requests that need the cluster \
+                 and reports not ready; stop it (and wipe its data directory before it ever \
+                 joins again)"
+            );
+        }
     }
 }
 

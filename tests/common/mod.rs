@@ -75,6 +75,15 @@ impl Reserved {
         }
     }
 
+    /// The sockets of a member that stopped, bound again (a member started anew at the same
+    /// addresses).
+    pub async fn again(client: SocketAddr, peer: SocketAddr) -> Reserved {
+        Reserved {
+            client: bind_again(client).await,
+            peer: bind_again(peer).await,
+        }
+    }
+
     pub fn peer_url(&self) -> String {
         format!("http://{}", self.peer.local_addr().expect("peer addr"))
     }
@@ -222,6 +231,50 @@ impl Cluster {
         self.slots.len() - 1
     }
 
+    /// Starts members on `reserved` (name, sockets) at once, each joining the running cluster
+    /// as [`Cluster::join`] does with `listed = false` (`extra` should carry
+    /// `--auto-learner`). Returns their indexes.
+    pub async fn join_many(
+        &mut self,
+        reserved: Vec<(&str, Reserved)>,
+        extra: &[&str],
+    ) -> Vec<usize> {
+        let mut starting = Vec::new();
+        for (name, reserved) in reserved {
+            let (c, p) = (
+                reserved.client.local_addr().expect("addr"),
+                reserved.peer.local_addr().expect("addr"),
+            );
+            let data = self._dir.path().join(name);
+            let cfg = member_config(name, &data, c, p, &self.initial, extra);
+            let listeners = Listeners {
+                client: vec![reserved.client],
+                peer: reserved.peer,
+                metrics: None,
+            };
+            starting.push((cfg.clone(), c, p, tokio::spawn(Node::start(cfg, listeners))));
+        }
+        let mut indexes = Vec::new();
+        for (mut cfg, c, p, task) in starting {
+            let node = task.await.expect("join").expect("node start");
+            cfg.member_id = node.id();
+            cfg.cluster_id = self.cluster_id();
+            self.slots.push(Slot {
+                cfg,
+                client: c,
+                peer: p,
+                node: Some(node),
+            });
+            indexes.push(self.slots.len() - 1);
+        }
+        indexes
+    }
+
+    /// Member `i`'s (client, peer) socket addresses.
+    pub fn addrs(&self, i: usize) -> (SocketAddr, SocketAddr) {
+        (self.slots[i].client, self.slots[i].peer)
+    }
+
     pub fn node(&self, i: usize) -> &Node {
         self.slots[i].node.as_ref().expect("member is running")
     }
@@ -342,4 +395,58 @@ impl Cluster {
             self.stop(i).await;
         }
     }
+}
+
+/// Serves `node`'s ops endpoints (`/readyz`, `/health`, `/metrics`) on a port-0 listener, as
+/// `corral serve` does on its metrics port (the harness starts members without one). The
+/// server lives as long as the test's runtime.
+pub async fn serve_ops(node: &Node) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let app = corral::ops::router(node.handle.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+/// `GET path` over HTTP/1.1: (status, body). Panics on a malformed response.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the ops port");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("send request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read response");
+    let raw = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("header end");
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    (status, body)
 }
