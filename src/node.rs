@@ -102,6 +102,9 @@ pub struct Node {
     servers: Vec<JoinHandle<()>>,
 }
 
+/// How long a stopping member lets its servers drain before it cuts their connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
 /// Runs a member until `shutdown` resolves.
 pub async fn run(
     cfg: Config,
@@ -328,25 +331,33 @@ impl Node {
 
     /// Stops serving, shuts Raft down and makes the state durable.
     pub async fn stop(self) {
+        let started = std::time::Instant::now();
         let _ = self.shutdown.send(true);
         // Raft first: in-flight client calls then fail fast instead of holding the servers'
         // graceful shutdown open.
         if let Err(e) = self.handle.raft().shutdown().await {
             tracing::warn!(%e, "raft shutdown");
         }
+        tracing::debug!(elapsed = ?started.elapsed(), "raft stopped");
+        // One grace period for all servers: unary calls in flight finish within it (Raft is
+        // down, so they fail fast), while long-lived streams (watches, keep-alives, elections)
+        // never end by themselves. Cutting those promptly is what sends their clients to
+        // another member quickly; nothing a server holds (the store among it) outlives it.
+        let drained = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         for mut server in self.servers {
-            // A server still draining long-lived streams after the grace period is cut off, so
-            // nothing it holds (the store among it) outlives the member.
-            if tokio::time::timeout(Duration::from_secs(5), &mut server)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(drained, &mut server).await.is_err() {
                 server.abort();
             }
         }
+        let drained_in = started.elapsed();
         if let Err(e) = self.handle.store().flush().await {
             tracing::error!(%e, "flushing the state machine at shutdown");
         }
+        tracing::info!(
+            drained_ms = drained_in.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "stopped"
+        );
     }
 }
 
