@@ -16,8 +16,9 @@
 //! - [`raft`]: openraft types, the state machine, the peer network (client) and peer service
 //!   (server), and the `RaftHandle` facade: batched `propose`, `read_barrier`, leader, members;
 //!   `raft::membership`: member add / promote / remove / update through joint consensus,
-//!   joining a running cluster (`--initial-cluster-state existing`, `--auto-learner`) and
-//!   leader transfer.
+//!   joining a running cluster (`--initial-cluster-state existing`, `--auto-learner`, ready
+//!   once caught up), noticing this member's own removal, and leader transfer (the leader
+//!   holds proposals and reads meanwhile).
 //! - [`mvcc`]: etcd's MVCC semantics — revisions, versions, tombstones, Range / Put /
 //!   DeleteRange / Txn / Compact — pure and deterministic over an ordered `Backend`.
 //! - [`lease`]: the lease table (applied, deterministic) and the leader-only expiry clock that
