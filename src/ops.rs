@@ -20,6 +20,20 @@ use crate::metrics::{HistogramSnapshot, LATENCY_BUCKETS};
 use crate::raft::handle::RaftHandle;
 use crate::raft::membership::MEMBER_REMOVED;
 
+/// How long `/health` and `/readyz` wait for a linearizable read (one leadership check with a
+/// quorum): a probe must answer well within its own timeout.
+const QUORUM_CHECK: Duration = Duration::from_secs(1);
+
+/// Whether the cluster answers a linearizable read through this member: a leader that lost its
+/// quorum still believes it leads, so knowing a leader alone proves nothing (etcd's /health
+/// does a quorum read for the same reason).
+async fn quorum_reachable(handle: &RaftHandle) -> bool {
+    matches!(
+        tokio::time::timeout(QUORUM_CHECK, handle.read_barrier()).await,
+        Ok(Ok(()))
+    )
+}
+
 /// Measuring the space in use scans the whole database, so a scrape reuses a measurement
 /// this recent instead.
 const IN_USE_MAX_AGE: Duration = Duration::from_secs(30);
@@ -42,8 +56,8 @@ pub fn router(handle: RaftHandle) -> Router {
         }))
 }
 
-/// 200 when this member is in the cluster, knows a leader and its store answers; etcd's JSON
-/// shape.
+/// 200 when this member is in the cluster, no NOSPACE alarm is raised, it knows a leader, a
+/// linearizable read through it succeeds and its store answers; etcd's JSON shape.
 async fn health(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     let handle = &ops.handle;
     let store_ok = handle.store().read_meta(b"revision").is_ok();
@@ -54,11 +68,16 @@ async fn health(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     if handle.standing().removed() {
         return unhealthy(MEMBER_REMOVED);
     }
+    // etcd's /health fails while a NOSPACE alarm is raised: the member cannot take writes.
+    if handle.store().nospace() {
+        return unhealthy("ALARM NOSPACE");
+    }
     match (handle.leader(), store_ok) {
-        (Some(_), true) => (
+        (Some(_), true) if quorum_reachable(handle).await => (
             StatusCode::OK,
             r#"{"health":"true","reason":""}"#.to_string(),
         ),
+        (Some(_), true) => unhealthy("no quorum: a linearizable read failed"),
         (None, _) => unhealthy("no leader"),
         (_, false) => unhealthy("store not readable"),
     }
@@ -75,7 +94,8 @@ async fn livez(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     }
 }
 
-/// Ready to take client traffic: part of a cluster with a leader, not removed from it, and — a
+/// Ready to take client traffic: part of a cluster with a leader that has its quorum (a
+/// linearizable read succeeds), not removed from it, and — a
 /// member that joined a running cluster — caught up with it (so an application next to a new
 /// learner does not read an empty store). The body says why not.
 async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
@@ -86,10 +106,13 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     if let Some(reason) = standing.not_ready() {
         return (StatusCode::SERVICE_UNAVAILABLE, reason);
     }
-    if ops.handle.leader().is_some() {
-        (StatusCode::OK, "ok".to_string())
-    } else {
+    if ops.handle.leader().is_none() {
         (StatusCode::SERVICE_UNAVAILABLE, "no leader".to_string())
+    } else if !quorum_reachable(&ops.handle).await {
+        let reason = "no quorum: a linearizable read failed";
+        (StatusCode::SERVICE_UNAVAILABLE, reason.to_string())
+    } else {
+        (StatusCode::OK, "ok".to_string())
     }
 }
 

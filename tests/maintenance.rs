@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
-use common::{eventually, Cluster};
+use common::{eventually, http_get, serve_ops, Cluster};
 use corral::config::ServeArgs;
 use corral::node::{Listeners, Node};
 use etcd_client::{
@@ -683,8 +683,18 @@ async fn quota_alarm_blocks_writes_until_space_is_freed_and_it_is_cleared() {
     );
     let alarmed = nospace_alarms(&kv).await;
     assert!(!alarmed.is_empty());
-    // Every member knows, and says so in its status.
+    // Every member knows, and says so in its status and, as etcd's does, on /health.
     for i in 0..3 {
+        let ops = serve_ops(cluster.node(i)).await;
+        eventually(
+            "/health reports the alarm",
+            Duration::from_secs(10),
+            || async {
+                let (code, body) = http_get(ops, "/health").await;
+                (code == 503 && body.contains("ALARM NOSPACE")).then_some(())
+            },
+        )
+        .await;
         let c = cluster.client(i).await;
         eventually(
             "every member lists the alarm",
@@ -775,6 +785,9 @@ async fn quota_alarm_blocks_writes_until_space_is_freed_and_it_is_cleared() {
     kv.put("after", "cleared", None)
         .await
         .expect("puts work again");
+    let ops = serve_ops(cluster.node(1)).await;
+    let (code, body) = http_get(ops, "/health").await;
+    assert_eq!(code, 200, "healthy again: {body}");
     kv.lease_grant(60, None)
         .await
         .expect("lease grants work again");

@@ -488,6 +488,26 @@ async fn metrics_follow_a_three_member_cluster() {
         assert!(s.must("corral_raft_term") > term);
     }
 
+    // The quorum lost: the last member is neither healthy nor ready, but alive (a liveness
+    // probe must not restart what is left of a cluster; that cannot bring the quorum back).
+    let last = survivors[1];
+    cluster.stop(survivors[0]).await;
+    // It may still think it leads (openraft's leader does not step down by itself): the
+    // probes' quorum read finds out either way.
+    let body = eventually("the last member is unhealthy", WAIT, || async {
+        let (status, _, body) = http_get(addr(last), "/health").await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert!(
+        body.contains("no leader") || body.contains("no quorum"),
+        "{body}"
+    );
+    let (status, _, body) = http_get(addr(last), "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let (status, _, body) = http_get(addr(last), "/livez").await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+
     for (_, task) in ops {
         task.abort();
     }
