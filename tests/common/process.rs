@@ -26,6 +26,17 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A loopback port held bound (port 0) until the listener is dropped: while held, nothing
+/// else in this process or another can be given it, as it could a port [`free_port`] has
+/// already let go of.
+pub fn reserve_port() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("reserve a port")
+}
+
+fn port_of(l: &TcpListener) -> u16 {
+    l.local_addr().expect("reserved port").port()
+}
+
 pub struct Member {
     pub name: String,
     pub client_port: u16,
@@ -190,9 +201,20 @@ impl ProcessCluster {
         Self::start_inner(n, proxied, extra).await
     }
 
-    async fn start_inner(n: usize, proxied: bool, extra: &[&str]) -> ProcessCluster {
+    /// Like [`ProcessCluster::start_with`], but returns as soon as the processes are spawned,
+    /// without waiting for a leader: a caller that must keep the members' logs when no leader
+    /// comes (the fault tests save them) waits with its own deadline.
+    pub async fn launch_with(n: usize, proxied: bool, extra: &[&str]) -> ProcessCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        // Held until the members are spawned: the link proxies below bind port 0 too, and
+        // could otherwise be given a member's port (seen: a member that never started, its
+        // client port taken by a proxy of its own cluster).
+        let reserved: Vec<(TcpListener, TcpListener)> =
+            (0..n).map(|_| (reserve_port(), reserve_port())).collect();
+        let ports: Vec<(u16, u16)> = reserved
+            .iter()
+            .map(|(c, p)| (port_of(c), port_of(p)))
+            .collect();
         let initial = ports
             .iter()
             .enumerate()
@@ -236,14 +258,20 @@ impl ProcessCluster {
                 }),
             })
             .collect();
+        // Let go only now, the moment each member binds them again.
+        drop(reserved);
         for m in &mut members {
             m.spawn();
         }
-        let cluster = ProcessCluster {
+        ProcessCluster {
             members,
             proxies,
             dir,
-        };
+        }
+    }
+
+    async fn start_inner(n: usize, proxied: bool, extra: &[&str]) -> ProcessCluster {
+        let cluster = Self::launch_with(n, proxied, extra).await;
         cluster.wait_leader().await;
         cluster
     }
