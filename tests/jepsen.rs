@@ -287,3 +287,240 @@ async fn deposed_leader_does_not_expire_a_lease_kept_alive_elsewhere() {
         let _ = c.lease_revoke(lease).await;
     }
 }
+
+/// Regression (52264f2): a new leader answered keep-alives from its lease clock before it
+/// had applied the entries of earlier terms. An earlier leader that can still reach the next
+/// leader but no quorum finds a lease expired and appends its revocation there, where it
+/// can't commit; its successor (elected for its longer log) commits and applies that
+/// revocation only after a round of replication, and a keep-alive it answered in between
+/// renewed a lease that was revoked a moment later (a lock changing hands under a holder
+/// whose renewal just succeeded). Fixed: a new leader answers keep-alives only once it has
+/// applied an entry of its own term.
+///
+/// Five members, so that the leader and its successor are a minority together. First the
+/// leader reaches only the successor (the others reach nobody; the successor refuses their
+/// votes while the leader's heartbeats arrive, openraft's leader lease) and the lease, never
+/// kept alive, expires in the leader's clock: the revocation lands in the successor's log
+/// only. Then the leader is cut off and the successor alone is linked to the other three,
+/// which can't elect one of themselves (their logs lack the revocation, so the successor
+/// refuses them its vote): the successor wins. Keep-alives sent to every member but the old
+/// leader wait there for a leader, and are answered by the successor as soon as it leads
+/// (or its followers learn of it): before the revocation applies, without the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_leader_does_not_renew_a_lease_an_earlier_leader_revoked() {
+    use common::process::ProcessCluster;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    const TTL: i64 = 2;
+    const MEMBERS: usize = 5;
+    /// Keep-alive clients per member other than the old leader.
+    const KEEPERS_PER_MEMBER: usize = 3;
+    const ROUNDS: usize = 3;
+    let cluster = ProcessCluster::start_proxied(MEMBERS).await;
+    // A leader needs only three: the rounds need all five.
+    common::eventually(
+        "every member answering",
+        Duration::from_secs(30),
+        || async {
+            let statuses = futures::future::join_all((0..MEMBERS).map(|i| cluster.status(i))).await;
+            statuses.iter().all(Option::is_some).then_some(())
+        },
+    )
+    .await;
+    let epoch = Instant::now();
+    let now = move || epoch.elapsed().as_millis() as u64;
+    // The last log index member `i` reports (etcd's Status raft_index), within a second.
+    let raft_index = |i: usize| {
+        let endpoint = cluster.members[i].endpoint();
+        async move {
+            let mut c = workload::connect(&endpoint).await?;
+            let status = tokio::time::timeout(Duration::from_secs(1), c.status()).await;
+            Some(status.ok()?.ok()?.raft_index())
+        }
+    };
+    // Set-ups where the leadership moved before the cut (it can, right after start-up on a
+    // loaded machine): the old leader was not leading when cut off, so nothing was revoked.
+    let mut moved = 0;
+    let mut round = 0;
+    while round < ROUNDS {
+        let old = cluster.wait_leader().await;
+        let term = cluster.status(old).await.map(|(_, _, term)| term);
+        let next = (old + 1) % MEMBERS;
+        let rest: Vec<usize> = (0..MEMBERS).filter(|&i| i != old && i != next).collect();
+        // Through the successor: a write a follower forwards is answered once the follower
+        // has applied it, so the lease is in the successor's table too.
+        let mut c = workload::connect(&cluster.members[next].endpoint())
+            .await
+            .expect("connect");
+        let granted = now();
+        let lease = c.lease_grant(TTL, None).await.expect("grant").id();
+        let key = format!("revoked/{round}-{moved}");
+        c.put(
+            key.as_str(),
+            "v",
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .expect("put");
+        let appended_before = common::eventually(
+            "the successor's last log index",
+            Duration::from_secs(10),
+            || raft_index(next),
+        )
+        .await;
+        cluster.partition(&[&[old, next]]);
+
+        // The leader finds the lease expired (nobody keeps it alive) and appends the
+        // revocation on the successor, uncommitted.
+        let deadline = Instant::now() + Duration::from_secs(TTL as u64 + 15);
+        let mut set_up_again = false;
+        while raft_index(next).await.is_none_or(|i| i <= appended_before) {
+            if Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            let statuses = futures::future::join_all((0..MEMBERS).map(|i| cluster.status(i))).await;
+            let still_leads =
+                statuses[old].is_some_and(|(own, leader, t)| own == leader && Some(t) == term);
+            if !still_leads && moved < 3 {
+                eprintln!(
+                    "round {round}: p{old} no longer led in term {term:?} when cut off; \
+                     (own id, leader id, term) of each member: {statuses:?}; once more"
+                );
+                moved += 1;
+                set_up_again = true;
+                cluster.heal();
+                break;
+            }
+            panic!(
+                "round {round}: p{old} (leader in term {term:?}) never appended its \
+                 revocation of lease {lease:x} on p{next} (last log index still \
+                 {appended_before}); (own id, leader id, term) of each member: {statuses:?}"
+            );
+        }
+        if set_up_again {
+            continue;
+        }
+        cluster.set_links(|a, b| a != old && b != old && (a == next || b == next));
+
+        // The send time of the last keep-alive answered with a TTL (the grant counts as one):
+        // the lease is alive until at least a TTL after it.
+        let last_renewed = Arc::new(AtomicU64::new(granted));
+        let renewed = Arc::new(AtomicUsize::new(0));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let keepers: Vec<_> = std::iter::once(next)
+            .chain(rest.iter().copied())
+            .flat_map(|i| std::iter::repeat_n(cluster.members[i].endpoint(), KEEPERS_PER_MEMBER))
+            .map(|endpoint| {
+                let (last_renewed, renewed, answered) =
+                    (last_renewed.clone(), renewed.clone(), answered.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let Some(mut c) = workload::connect(&endpoint).await else {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        };
+                        // One keep-alive per stream (its answer comes inside
+                        // `lease_keep_alive`). One not answered within a second is left
+                        // waiting at the member and another is sent, so that one sent
+                        // recently is always waiting there for a leader. (Started only now:
+                        // until its quorum acks go stale, the old leader answers keep-alives
+                        // forwarded by the successor, legitimately, and delays the expiry.)
+                        loop {
+                            let sent = now();
+                            let ask = c.lease_keep_alive(lease);
+                            match tokio::time::timeout(Duration::from_secs(1), ask).await {
+                                Ok(Ok(_)) => {
+                                    last_renewed.fetch_max(sent, Ordering::SeqCst);
+                                    renewed.fetch_add(1, Ordering::SeqCst);
+                                    answered.fetch_add(1, Ordering::SeqCst);
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                }
+                                // TTL 0: the lease is gone.
+                                Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => {
+                                    answered.fetch_add(1, Ordering::SeqCst);
+                                    return;
+                                }
+                                Ok(Err(_)) => break,
+                                Err(_elapsed) => {}
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+
+        common::eventually("the successor elected", Duration::from_secs(30), || async {
+            (cluster.leader().await == Some(next)).then_some(())
+        })
+        .await;
+
+        // Reads through the three others until the key is gone (the revocation applied) and
+        // a TTL has passed: the key must not be gone less than a TTL after a renewal was sent.
+        // Not a fixed window: on a loaded machine the new leader's first leadership checks
+        // (heartbeats that must be answered within one heartbeat interval) can fail for a while.
+        let elected = Instant::now();
+        let mut gone = false;
+        let mut reader = 0;
+        while !gone || elected.elapsed() < Duration::from_millis(TTL as u64 * 1000 + 1000) {
+            assert!(
+                elected.elapsed() < Duration::from_secs(30),
+                "round {round}: p{old}'s revocation of lease {lease:x} never applied after \
+                 p{next} was elected"
+            );
+            let endpoint = cluster.members[rest[reader % rest.len()]].endpoint();
+            reader += 1;
+            let invoke = now();
+            let read = async {
+                let mut c = workload::connect(&endpoint).await?;
+                c.get(key.as_str(), None).await.ok()
+            };
+            if let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(1), read).await {
+                let renewal = last_renewed.load(Ordering::SeqCst);
+                let alive_until = renewal + TTL as u64 * 1000;
+                gone = r.kvs().is_empty();
+                assert!(
+                    !gone || invoke >= alive_until,
+                    "round {round}: lease {lease:x} was renewed by a keep-alive sent at \
+                     {renewal} ms (TTL {TTL} s, alive until at least {alive_until} ms; {} \
+                     renewals since p{old} was cut off), yet its key was gone in a read sent \
+                     at {invoke} ms: p{old} (leader, linked only to p{next}) had appended its \
+                     revocation on p{next}, which then led",
+                    renewed.load(Ordering::SeqCst),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Nothing else can answer a keep-alive now, and the revocation is in the successor's
+        // log since before it was elected: any renewal answered a revoked lease (the reads
+        // above catch it too when one runs within a TTL of it).
+        let renewals = renewed.load(Ordering::SeqCst);
+        eprintln!(
+            "round {round}: p{next} elected after p{old}; {} keep-alives answered, {renewals} \
+             with a TTL",
+            answered.load(Ordering::SeqCst),
+        );
+        assert_eq!(
+            renewals, 0,
+            "round {round}: p{next}, elected with p{old}'s revocation of lease {lease:x} in its \
+             log, renewed the lease"
+        );
+        // The premise: keep-alives reached the new leader.
+        common::eventually(
+            "a keep-alive answered by the new leader",
+            Duration::from_secs(10),
+            || {
+                let n = answered.load(Ordering::SeqCst);
+                async move { (n > 0).then_some(()) }
+            },
+        )
+        .await;
+        for k in keepers {
+            k.abort();
+        }
+        cluster.heal();
+        round += 1;
+    }
+}
