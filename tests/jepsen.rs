@@ -10,10 +10,11 @@
 //! Partitions are real cuts of peer traffic: every directed peer link runs through a TCP proxy
 //! in this process (`--peer-dial-map`), which the nemesis black-holes.
 //!
-//! The short schedules here run in `make test` (about 30 s each); `make jepsen DURATION=5m`
-//! runs the long ones (ignored here, every fault) and any failing run is saved under
-//! `target/jepsen/` — recording, report, member logs — for `make jepsen-replay RECORDING=...`.
-//! `JEPSEN_SEED` replays a fault schedule (timing still varies).
+//! The short schedules here run in `make test` (about 25 s each); `make jepsen DURATION=5m` runs the long ones (ignored here, every fault) and any
+//! failing run — also one that stops before its checks — is saved under `target/jepsen/`
+//! (recording, report, member logs) for `make jepsen-replay RECORDING=...`. `JEPSEN_SEED`
+//! replays a fault schedule (timing still varies). nextest runs this binary without retries
+//! (`.config/nextest.toml`): a violation found once fails the run.
 
 mod common;
 #[path = "jepsen/locks.rs"]
@@ -129,6 +130,144 @@ async fn long_five_members_all_faults() {
 fn replay() {
     let path = std::env::var("JEPSEN_REPLAY").expect("JEPSEN_REPLAY=path/to/recording.json");
     run::replay(&path);
+}
+
+/// A small recording: two acknowledged puts of `jepsen/k0000` ("a", then "b") and a read,
+/// invoked after "b" was acknowledged, that returned `read`; the event log and final state
+/// agree with the puts.
+fn recording_with_read(read: &str) -> run::Recording {
+    use corral::checker::{Call, KeyState, Op, Outcome, Reply, WatchEvent};
+    let key = "jepsen/k0000";
+    let op = |client: u32, invoke: u64, call: Call, revision: i64, reply: Reply| Op {
+        client,
+        session: client,
+        key: key.into(),
+        call,
+        invoke,
+        complete: invoke + 10,
+        outcome: Outcome::Ok { revision, reply },
+        note: None,
+    };
+    let put = |value: &str, revision: i64| WatchEvent {
+        revision,
+        key: key.into(),
+        value: Some(value.into()),
+        create_revision: 2,
+        version: revision - 1,
+    };
+    let history = vec![
+        op(0, 10, Call::Put { value: "a".into() }, 2, Reply::Written),
+        op(0, 30, Call::Put { value: "b".into() }, 3, Reply::Written),
+        op(
+            1,
+            50,
+            Call::Get,
+            3,
+            Reply::Read {
+                value: Some(read.into()),
+                mod_revision: if read == "a" { 2 } else { 3 },
+            },
+        ),
+    ];
+    run::Recording {
+        scenario: "replay-test".into(),
+        seed: 7,
+        history,
+        log: vec![put("a", 2), put("b", 3)],
+        streams: Vec::new(),
+        final_state: [(
+            key.to_string(),
+            KeyState {
+                value: "b".into(),
+                mod_revision: 3,
+                create_revision: 2,
+                version: 2,
+            },
+        )]
+        .into(),
+        final_revision: 3,
+        lease_keys: Vec::new(),
+        nemesis: vec!["1.000s KillLeader: kill -9 p0".into(), "2.000s heal".into()],
+        session_members: Default::default(),
+        holds: Vec::new(),
+        ephemerals: Default::default(),
+        ephemeral_keys: Vec::new(),
+        aborted: None,
+    }
+}
+
+/// Saves `rec` as a failing run is saved (a member log beside it), replays the saved copy
+/// and returns the replayed verdict, what `make jepsen-replay` printed as the report, and
+/// whether replay failed.
+fn save_and_replay(rec: &run::Recording) -> (run::Verdict, String, bool) {
+    let base = tempfile::tempdir().expect("temp dir");
+    let member_log = base.path().join("p0.log.src");
+    std::fs::write(&member_log, "a member's log\n").expect("write log");
+    let dir = run::save_in(
+        base.path(),
+        rec,
+        &run::Verdict::of(rec),
+        &[("p0".into(), member_log)],
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("p0.log")).expect("saved member log"),
+        "a member's log\n"
+    );
+    let report = std::fs::read_to_string(dir.join("report.txt")).expect("saved report");
+    let (replayed, verdict) = run::recheck(&dir.join("recording.json"));
+    assert_eq!(
+        replayed.history, rec.history,
+        "the history survives the round trip"
+    );
+    let path = dir.to_str().expect("utf-8 path").to_string();
+    let failed = std::panic::catch_unwind(|| run::replay(&path)).is_err();
+    (verdict, report, failed)
+}
+
+/// The save and replay path on a known-bad run: a stale read (a value overwritten before the
+/// read was invoked) is saved like a failing run, and replaying it reports the key as not
+/// linearizable and fails. The same recording with a fresh read has no problem.
+#[test]
+fn replay_reports_a_saved_stale_read() {
+    let (verdict, report, failed) = save_and_replay(&recording_with_read("a"));
+    assert!(
+        verdict.report.problems.iter().any(|p| matches!(
+            p,
+            corral::checker::Problem::NotLinearizable { key, .. } if key == "jepsen/k0000"
+        )),
+        "replay did not report the stale read: {verdict}"
+    );
+    assert!(report.contains("not linearizable"), "{report}");
+    assert!(report.contains("KillLeader: kill -9 p0"), "{report}");
+    assert!(failed, "replay passed a stale read");
+
+    let (verdict, _, _) = save_and_replay(&recording_with_read("b"));
+    assert!(verdict.report.is_valid(), "{verdict}");
+}
+
+/// A run that stopped before its checks (here: a member that never answered the final
+/// reads) is saved with what it collected; replay reports where it stopped, and fails.
+#[test]
+fn replay_reports_a_run_that_stopped_early() {
+    let mut rec = recording_with_read("b");
+    let why = "final reads on every member: timed out after 30s waiting for a linearizable \
+               read on p2";
+    rec.aborted = Some(why.into());
+    // What a run that stopped early has: no final event log, state or streams.
+    rec.log.clear();
+    rec.final_state.clear();
+    rec.final_revision = 0;
+    let (verdict, report, failed) = save_and_replay(&rec);
+    assert_eq!(verdict.aborted.as_deref(), Some(why));
+    assert!(
+        verdict.report.problems.is_empty(),
+        "the collected history is fine: {verdict}"
+    );
+    assert!(
+        report.contains("the run stopped before its checks") && report.contains(why),
+        "{report}"
+    );
+    assert!(failed, "replay passed a run that stopped early");
 }
 
 /// Regression (found by `long_three_members_all_faults`): a leader killed with -9 right after

@@ -1,9 +1,14 @@
 //! One fault-injection run, start to verdict: start real members, run clients, watchers and
 //! the nemesis, heal, restart every member, read everything back, check, and save the
-//! recording if anything is wrong.
+//! recording if anything is wrong — including a run that stops before its checks (a wait that
+//! times out, a client task that panics, a member that never comes back): it is saved with
+//! whatever it collected, and fails.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,17 +19,18 @@ use corral::checker::{
     self, watch as wcheck, Call, KeyState, Op, Outcome, Reply, Report, WatchEvent,
 };
 use etcd_client::GetOptions;
+use futures::FutureExt;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
 
 use super::locks::{self, Locker};
 use super::nemesis::{self, Fault};
 use super::sessions::{self, SessionWorker};
 use super::watcher::{self, Watcher};
 use super::workload::{self, KeyPool, Recorder, Worker, LEASE_PREFIX, PREFIX};
-use crate::common::eventually;
 use crate::common::process::ProcessCluster;
 
 pub struct Scenario {
@@ -78,11 +84,29 @@ pub struct Recording {
     /// The store keys of every ephemeral: written once, deleted for good.
     #[serde(default)]
     pub ephemeral_keys: Vec<String>,
+    /// Set when the run stopped before its final reads: the phase, and why. The history and
+    /// the rest are what was collected until then; the checks that need the final event log
+    /// and state are skipped.
+    #[serde(default)]
+    pub aborted: Option<String>,
 }
 
 /// Every check over a recording.
 pub fn check(rec: &Recording) -> Report {
     let mut report = checker::check_history(&rec.history, checker::DEFAULT_BUDGET);
+    let lock_log = LockLog {
+        events: &rec.log,
+        lock_prefix: locks::LOCK_PREFIX,
+        resource: locks::RESOURCE,
+    };
+    if rec.aborted.is_some() {
+        // No final event log or state to hold the history against.
+        report.problems.extend(lock::check_locks(&rec.holds, None));
+        report
+            .problems
+            .extend(ephemeral::check_ephemerals(&rec.ephemerals));
+        return report;
+    }
     let upto = rec.final_revision;
     report.problems.extend(wcheck::check_log(&rec.log, 1, upto));
     report
@@ -101,14 +125,9 @@ pub fn check(rec: &Recording) -> Report {
         &rec.log,
         &rec.final_state,
     ));
-    report.problems.extend(lock::check_locks(
-        &rec.holds,
-        Some(LockLog {
-            events: &rec.log,
-            lock_prefix: locks::LOCK_PREFIX,
-            resource: locks::RESOURCE,
-        }),
-    ));
+    report
+        .problems
+        .extend(lock::check_locks(&rec.holds, Some(lock_log)));
     report
         .problems
         .extend(ephemeral::check_ephemerals(&rec.ephemerals));
@@ -118,6 +137,38 @@ pub fn check(rec: &Recording) -> Report {
         &rec.final_state,
     ));
     report
+}
+
+/// What a recording shows: the checker's report, and what else fails the run.
+pub struct Verdict {
+    pub report: Report,
+    /// The run stopped before its final reads (see [`Recording::aborted`]).
+    pub aborted: Option<String>,
+}
+
+impl Verdict {
+    pub fn of(rec: &Recording) -> Verdict {
+        Verdict {
+            report: check(rec),
+            aborted: rec.aborted.clone(),
+        }
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.report.is_valid() && self.aborted.is_none()
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(why) = &self.aborted {
+            writeln!(
+                f,
+                "the run stopped before its checks, in {why} (checked: what it collected)"
+            )?;
+        }
+        write!(f, "{}", self.report)
+    }
 }
 
 /// The store key of a znode, as the event log spells it.
@@ -197,84 +248,339 @@ fn log(start: Instant, what: &str) {
     eprintln!("[{:7.3}s] {what}", start.elapsed().as_secs_f64());
 }
 
+/// Polls `f` until it returns `Some`, or fails naming `what` after `timeout` (a phase
+/// failure, saved with the run; `common::eventually` would panic and lose what was collected).
+async fn within<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The leader's index, once one is found within `timeout` (like `ProcessCluster::wait_leader`).
+async fn leader_within(
+    cluster: &ProcessCluster,
+    what: &str,
+    timeout: Duration,
+) -> Result<usize, String> {
+    within(what, timeout, || cluster.leader()).await
+}
+
+/// What a run has collected so far. It lives outside the phases, so that a run that fails
+/// half-way is saved with everything it had.
+struct Collected {
+    start: Instant,
+    recorder: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    lease_keys: Arc<Mutex<Vec<String>>>,
+    holds: Arc<Mutex<Vec<Hold>>>,
+    ephemerals: Arc<Mutex<EphemeralHistory>>,
+    /// Client tasks not yet awaited: on a failure they are stopped and awaited, so that every
+    /// operation in flight is in the history (complete, or with an unknown outcome).
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    nemesis: Mutex<Vec<String>>,
+    phase: Mutex<&'static str>,
+    /// The final reads: the event log, the streams, the final state and its revision.
+    end: Mutex<End>,
+}
+
+#[derive(Default)]
+struct End {
+    log: Vec<WatchEvent>,
+    streams: Vec<(String, Vec<WatchEvent>)>,
+    final_state: BTreeMap<String, KeyState>,
+    final_revision: i64,
+    /// Every watcher reached the final revision in time.
+    caught_up: bool,
+}
+
+impl Collected {
+    fn new() -> Collected {
+        Collected {
+            start: Instant::now(),
+            recorder: Recorder::new(),
+            stop: Arc::default(),
+            lease_keys: Arc::default(),
+            holds: Arc::default(),
+            ephemerals: Arc::default(),
+            workers: Mutex::default(),
+            nemesis: Mutex::default(),
+            phase: Mutex::new("start-up"),
+            end: Mutex::default(),
+        }
+    }
+
+    fn phase(&self, phase: &'static str) {
+        log(self.start, &format!("phase: {phase}"));
+        *locked(&self.phase) = phase;
+    }
+
+    /// Logs what the nemesis (or the run) did to the members, on the history's clock.
+    fn note(&self, what: String) {
+        log(self.start, &what);
+        locked(&self.nemesis).push(format!("{:.3}s {what}", self.recorder.now() as f64 / 1e9));
+    }
+
+    /// Stops the clients and waits for each to finish; `Err` lists the ones that panicked.
+    async fn stop_workers(&self) -> Result<(), String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let workers = std::mem::take(&mut *locked(&self.workers));
+        let mut failed = Vec::new();
+        for w in workers {
+            if let Err(e) = w.await {
+                failed.push(e.to_string());
+            }
+        }
+        match failed.is_empty() {
+            true => Ok(()),
+            false => Err(format!("client tasks failed: {}", failed.join("; "))),
+        }
+    }
+
+    /// The recording of what was collected; `aborted` says where and why it stopped early.
+    fn recording(&self, s: &Scenario, seed: u64, aborted: Option<String>) -> Recording {
+        let ephemerals = std::mem::take(&mut *locked(&self.ephemerals));
+        let ephemeral_keys = ephemerals
+            .sessions
+            .iter()
+            .flat_map(|s| s.ephemerals.iter().map(|c| znode_key(&c.path)))
+            .collect();
+        let end = std::mem::take(&mut *locked(&self.end));
+        Recording {
+            scenario: s.name.to_string(),
+            seed,
+            history: self.recorder.history(),
+            log: end.log,
+            streams: end.streams,
+            final_state: end.final_state,
+            final_revision: end.final_revision,
+            lease_keys: locked(&self.lease_keys).clone(),
+            nemesis: locked(&self.nemesis).clone(),
+            session_members: self.recorder.session_members(),
+            holds: std::mem::take(&mut *locked(&self.holds)),
+            ephemerals,
+            ephemeral_keys,
+            aborted,
+        }
+    }
+}
+
+/// Locks `m` even if a client task panicked holding it: what it holds is still worth saving.
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<String>(), panic.downcast_ref::<&str>()) {
+        (Some(s), _) => s.clone(),
+        (None, Some(s)) => s.to_string(),
+        (None, None) => "a panic without a message".into(),
+    }
+}
+
 pub async fn run(s: Scenario) {
     let seed = seed();
-    let start = Instant::now();
+    let col = Collected::new();
     let proxied = s.faults.iter().any(|f| f.needs_proxies());
     log(
-        start,
+        col.start,
         &format!(
             "{}: {} members, {} clients, {:?} of {:?}, JEPSEN_SEED={seed}",
             s.name, s.members, s.clients, s.duration, s.faults
         ),
     );
-    let mut rng = StdRng::seed_from_u64(seed);
     // Sessions as short as the lock leases, so that many expire during a run.
     let session_flag = format!("--min-session-timeout={}", s.renewed_ttl * 1000);
-    let mut cluster = ProcessCluster::start_with(s.members, proxied, &[&session_flag]).await;
+    // Launched without waiting for a leader, so that its logs are kept if none comes.
+    let mut cluster = ProcessCluster::launch_with(s.members, proxied, &[&session_flag]).await;
+    // Any panic in the phases too (one in the harness, a failed assertion) ends the run with
+    // what it collected saved, like a wait that timed out.
+    let phases = AssertUnwindSafe(phases(&s, seed, &mut cluster, &col))
+        .catch_unwind()
+        .await;
+    let aborted = match phases {
+        Ok(Ok(())) => None,
+        Ok(Err(why)) => Some(why),
+        Err(panic) => Some(format!("panic: {}", panic_message(&*panic))),
+    };
+    let aborted = match aborted {
+        Some(why) => {
+            let phase = *locked(&col.phase);
+            log(
+                col.start,
+                &format!("the run stopped in phase {phase}: {why}"),
+            );
+            // Whatever the clients still had in flight goes into the history first.
+            let stopped = tokio::time::timeout(Duration::from_secs(30), col.stop_workers()).await;
+            let workers = match stopped {
+                Ok(Ok(())) => String::new(),
+                Ok(Err(e)) => format!("; {e}"),
+                Err(_) => "; client tasks still running after 30 s".into(),
+            };
+            Some(format!("{phase}: {why}{workers}"))
+        }
+        None => None,
+    };
+    // Before `recording` takes the final reads out.
+    let caught_up = locked(&col.end).caught_up;
+    let recording = col.recording(&s, seed, aborted);
+
+    log(col.start, "phase: check");
+    // Peer HTTP/2 connections torn down for cancelling too many streams (h2's rapid-reset
+    // guard): harmless for correctness, but every one drops in-flight Raft traffic.
+    let resets = log_lines(&cluster, "too_many_resets");
+    if let Some(first) = resets.first() {
+        log(
+            col.start,
+            &format!(
+                "member logs mention GOAWAY too_many_resets {} times, first: {first}",
+                resets.len()
+            ),
+        );
+    }
+    let checking = Instant::now();
+    let mut verdict = Verdict::of(&recording);
+    if !caught_up && recording.aborted.is_none() {
+        verdict.report.problems.push(checker::Problem::BadStream {
+            stream: "some watcher".into(),
+            position: 0,
+            why: format!(
+                "did not reach the final revision {} within 20 s",
+                recording.final_revision
+            ),
+        });
+    }
+    let unknown = recording
+        .history
+        .iter()
+        .filter(|op| op.outcome == Outcome::Unknown && op.call != Call::Expire)
+        .count();
+    log(
+        col.start,
+        &format!(
+            "checked in {:.2}s: {} ops ({unknown} unknown outcome), {} keys, final revision \
+             {}, {} events; {} lease keys; {}; client errors: {:?}",
+            checking.elapsed().as_secs_f64(),
+            recording.history.len(),
+            verdict.report.keys,
+            recording.final_revision,
+            recording.log.len(),
+            recording.lease_keys.len(),
+            lock_summary(&recording),
+            col.recorder.error_summary(),
+        ),
+    );
+    // Regression: before the peer server raised h2's reset-stream limit, every
+    // three-member schedule logged a few of these (not a history problem: the run fails on
+    // its own, logs saved).
+    let resets_failed = match resets.first() {
+        Some(first) => format!(
+            "\n{} GOAWAY too_many_resets in the member logs, first: {first}",
+            resets.len()
+        ),
+        None => String::new(),
+    };
+    if !verdict.is_valid() || !resets.is_empty() {
+        let logs: Vec<(String, PathBuf)> = cluster
+            .members
+            .iter()
+            .map(|m| (m.name.clone(), m.log_path()))
+            .collect();
+        let dir = save_in(&artifacts_dir(), &recording, &verdict, &logs);
+        panic!(
+            "{}: {verdict}{resets_failed}\nrecording saved in {} (replay: make jepsen-replay RECORDING={}/recording.json)",
+            s.name,
+            dir.display(),
+            dir.display()
+        );
+    }
+}
+
+/// Everything from the first election to the final reads; what it gathers goes into `col`.
+/// `Err`: the phase that could not finish, and why.
+async fn phases(
+    s: &Scenario,
+    seed: u64,
+    cluster: &mut ProcessCluster,
+    col: &Collected,
+) -> Result<(), String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let proxied = s.faults.iter().any(|f| f.needs_proxies());
+    leader_within(cluster, "a first leader", Duration::from_secs(30)).await?;
     let endpoints: Vec<String> = cluster.members.iter().map(|m| m.endpoint()).collect();
-    eventually(
+    within(
         "the ephemerals' parent znode",
         Duration::from_secs(30),
         || sessions::create_dir(&endpoints[0]),
     )
-    .await;
+    .await?;
 
-    log(start, "phase: clients, watchers and nemesis");
-    let recorder = Recorder::new();
-    let stop = Arc::new(AtomicBool::new(false));
+    col.phase("clients, watchers and nemesis");
+    let recorder = &col.recorder;
     let pool = Arc::new(KeyPool::new(3, 40));
-    let lease_keys: Arc<Mutex<Vec<String>>> = Arc::default();
     let watchers: Vec<Watcher> = (0..2)
         .map(|i| Watcher::spawn(format!("w{i}"), endpoints.clone(), i))
         .collect();
     let mut workers = Vec::new();
     for id in 0..s.clients {
-        let w = Worker::new(id, endpoints.clone(), recorder.clone(), stop.clone(), seed);
+        let w = Worker::new(
+            id,
+            endpoints.clone(),
+            recorder.clone(),
+            col.stop.clone(),
+            seed,
+        );
         workers.push(tokio::spawn(w.run_kv(pool.clone())));
     }
     let lease_worker = Worker::new(
         s.clients,
         endpoints.clone(),
         recorder.clone(),
-        stop.clone(),
+        col.stop.clone(),
         seed,
     );
-    workers.push(tokio::spawn(lease_worker.run_leases(lease_keys.clone())));
-    let holds: Arc<Mutex<Vec<Hold>>> = Arc::default();
+    workers.push(tokio::spawn(
+        lease_worker.run_leases(col.lease_keys.clone()),
+    ));
     for i in 0..s.lockers {
         let id = 100 + i;
         let l = Locker::new(
             id,
             endpoints.clone(),
             recorder.clone(),
-            stop.clone(),
+            col.stop.clone(),
             seed,
-            holds.clone(),
+            col.holds.clone(),
             s.renewed_ttl,
         );
         workers.push(tokio::spawn(l.run()));
     }
-    let eph_history: Arc<Mutex<EphemeralHistory>> = Arc::default();
     for i in 0..s.session_clients {
         let id = 200 + i;
         let w = SessionWorker::new(
             id,
             endpoints.clone(),
             recorder.clone(),
-            stop.clone(),
+            col.stop.clone(),
             seed,
-            eph_history.clone(),
+            col.ephemerals.clone(),
             s.renewed_ttl * 1000,
         );
         workers.push(tokio::spawn(w.run()));
     }
+    *col.workers.lock().unwrap() = workers;
 
-    let mut nemesis_log = Vec::new();
-    let mut note = |what: String| {
-        log(start, &what);
-        nemesis_log.push(format!("{:.3}s {what}", recorder.now() as f64 / 1e9));
-    };
     let deadline = Instant::now() + s.duration;
     let mut faults = s.faults.clone();
     'schedule: loop {
@@ -284,38 +590,45 @@ pub async fn run(s: Scenario) {
                 break 'schedule;
             }
             tokio::time::sleep(nemesis::quiet_time(&mut rng)).await;
-            let what = nemesis::inject(&mut cluster, fault, &mut rng).await;
-            note(what);
+            let what = nemesis::inject(cluster, fault, &mut rng).await;
+            col.note(what);
             tokio::time::sleep(nemesis::hold_time(&mut rng)).await;
-            nemesis::heal(&mut cluster, proxied);
-            note("heal".into());
+            nemesis::heal(cluster, proxied);
+            col.note("heal".into());
         }
     }
     // A little clean traffic after the last heal, so recovery is exercised too.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.expect("client task");
-    }
+    col.stop_workers().await?;
 
-    log(start, "phase: kill -9 every member, restart them all");
-    cluster.wait_leader().await;
+    col.phase("kill -9 every member, restart them all");
+    leader_within(
+        cluster,
+        "a leader after the last heal",
+        Duration::from_secs(30),
+    )
+    .await?;
     for i in 0..cluster.len() {
         cluster.kill(i);
     }
-    note("kill -9 all".into());
+    col.note("kill -9 all".into());
     for i in 0..cluster.len() {
         cluster.restart(i);
     }
-    note("restart all".into());
-    cluster.wait_leader().await;
+    col.note("restart all".into());
+    leader_within(
+        cluster,
+        "a leader after the restart",
+        Duration::from_secs(30),
+    )
+    .await?;
 
-    log(start, "phase: final reads on every member");
+    col.phase("final reads on every member");
     let keys: BTreeSet<String> = recorder.history().into_iter().map(|op| op.key).collect();
     for (i, endpoint) in endpoints.iter().enumerate() {
         let client = 10_000 + i as u32;
         let session = recorder.new_session(i);
-        let (invoke, complete, revision, found) = eventually(
+        let (invoke, complete, revision, found) = within(
             &format!("a linearizable read on p{i}"),
             Duration::from_secs(30),
             || async {
@@ -342,7 +655,7 @@ pub async fn run(s: Scenario) {
                 Some((invoke, complete, r.header()?.revision(), found))
             },
         )
-        .await;
+        .await?;
         for key in &keys {
             let hit = found.get(key);
             recorder.record(Op {
@@ -365,24 +678,26 @@ pub async fn run(s: Scenario) {
     }
 
     // Every ephemeral on every member, right after the restart: none of an ended session.
-    let mut eph_history = std::mem::take(&mut *eph_history.lock().unwrap());
-    let paths: Vec<String> = eph_history
+    let paths: Vec<String> = col
+        .ephemerals
+        .lock()
+        .unwrap()
         .sessions
         .iter()
         .flat_map(|s| s.ephemerals.iter().map(|c| c.path.clone()))
         .collect();
     for (i, endpoint) in endpoints.iter().enumerate() {
-        let reads = eventually(
+        let reads = within(
             &format!("the ephemerals on p{i}"),
             Duration::from_secs(30),
-            || sessions::read_all(endpoint, i, 10_000 + i as u32, &paths, &recorder),
+            || sessions::read_all(endpoint, i, 10_000 + i as u32, &paths, recorder),
         )
-        .await;
-        eph_history.reads.extend(reads);
+        .await?;
+        col.ephemerals.lock().unwrap().reads.extend(reads);
     }
 
-    log(start, "phase: every lease and session expires");
-    // Not a hard deadline: keys still there after it are reported by the checks below.
+    col.phase("every lease and session expires");
+    // Not a hard deadline: keys still there after it are reported by the checks.
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             if let Some(mut c) = workload::connect(&endpoints[0]).await {
@@ -399,11 +714,8 @@ pub async fn run(s: Scenario) {
     })
     .await;
 
-    log(
-        start,
-        "phase: final state, full event log, watchers catch up",
-    );
-    let (final_revision, final_state) = eventually(
+    col.phase("final state, full event log, watchers catch up");
+    let (final_revision, final_state) = within(
         "a final range of every key",
         Duration::from_secs(30),
         || async {
@@ -430,15 +742,14 @@ pub async fn run(s: Scenario) {
             Some((r.header()?.revision(), state))
         },
     )
-    .await;
-    let full_log: Vec<WatchEvent> =
-        eventually("the full event log", Duration::from_secs(30), || {
-            watcher::full_log(&endpoints[1 % endpoints.len()], final_revision)
-        })
-        .await
-        .into_iter()
-        .filter(|e| e.revision <= final_revision)
-        .collect();
+    .await?;
+    let full_log: Vec<WatchEvent> = within("the full event log", Duration::from_secs(30), || {
+        watcher::full_log(&endpoints[1 % endpoints.len()], final_revision)
+    })
+    .await?
+    .into_iter()
+    .filter(|e| e.revision <= final_revision)
+    .collect();
     let caught_up = tokio::time::timeout(Duration::from_secs(20), async {
         while watchers.iter().any(|w| w.last() < final_revision) {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -461,84 +772,14 @@ pub async fn run(s: Scenario) {
             .collect();
         streams.push((name, events));
     }
-
-    let history = recorder.history();
-    let lease_keys = lease_keys.lock().unwrap().clone();
-    let recording = Recording {
-        scenario: s.name.to_string(),
-        seed,
-        history,
+    *col.end.lock().unwrap() = End {
         log: full_log,
         streams,
         final_state,
         final_revision,
-        lease_keys,
-        nemesis: nemesis_log,
-        session_members: recorder.session_members(),
-        holds: std::mem::take(&mut *holds.lock().unwrap()),
-        ephemeral_keys: paths.iter().map(|p| znode_key(p)).collect(),
-        ephemerals: eph_history,
+        caught_up,
     };
-    log(start, "phase: check");
-    // Peer HTTP/2 connections torn down for cancelling too many streams (h2's rapid-reset
-    // guard): harmless for correctness, but every one drops in-flight Raft traffic.
-    let resets = log_lines(&cluster, "too_many_resets");
-    if let Some(first) = resets.first() {
-        log(
-            start,
-            &format!(
-                "member logs mention GOAWAY too_many_resets {} times, first: {first}",
-                resets.len()
-            ),
-        );
-    }
-    let checking = Instant::now();
-    let mut report = check(&recording);
-    if !caught_up {
-        report.problems.push(checker::Problem::BadStream {
-            stream: "some watcher".into(),
-            position: 0,
-            why: format!("did not reach the final revision {final_revision} within 20 s"),
-        });
-    }
-    let unknown = recording
-        .history
-        .iter()
-        .filter(|op| op.outcome == Outcome::Unknown && op.call != Call::Expire)
-        .count();
-    log(
-        start,
-        &format!(
-            "checked in {:.2}s: {} ops ({unknown} unknown outcome), {} keys, final revision \
-             {final_revision}, {} events; {} lease keys; {}; client errors: {:?}",
-            checking.elapsed().as_secs_f64(),
-            recording.history.len(),
-            report.keys,
-            recording.log.len(),
-            recording.lease_keys.len(),
-            lock_summary(&recording),
-            recorder.error_summary(),
-        ),
-    );
-    // Regression: before the peer server raised h2's reset-stream limit, every
-    // three-member schedule logged a few of these (not a history problem: the run fails on
-    // its own, logs saved).
-    let resets_failed = match resets.first() {
-        Some(first) => format!(
-            "\n{} GOAWAY too_many_resets in the member logs, first: {first}",
-            resets.len()
-        ),
-        None => String::new(),
-    };
-    if !report.is_valid() || !resets.is_empty() {
-        let dir = save(&recording, &report, &cluster);
-        panic!(
-            "{}: {report}{resets_failed}\nrecording saved in {} (replay: make jepsen-replay RECORDING={}/recording.json)",
-            s.name,
-            dir.display(),
-            dir.display()
-        );
-    }
+    Ok(())
 }
 
 /// Lines of the members' logs that contain `needle`, each prefixed with the member's name.
@@ -557,21 +798,27 @@ fn log_lines(cluster: &ProcessCluster, needle: &str) -> Vec<String> {
     found
 }
 
-/// Saves a failing run: the recording, the report and the members' logs.
-fn save(rec: &Recording, report: &Report, cluster: &ProcessCluster) -> PathBuf {
+/// Saves a failing run under `base`: the recording, the verdict and the members' logs
+/// (`(name, path)`). Returns the run's directory.
+pub fn save_in(
+    base: &Path,
+    rec: &Recording,
+    verdict: &Verdict,
+    member_logs: &[(String, PathBuf)],
+) -> PathBuf {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    let dir = artifacts_dir().join(format!("{}-{}-{stamp}", rec.scenario, rec.seed));
+    let dir = base.join(format!("{}-{}-{stamp}", rec.scenario, rec.seed));
     std::fs::create_dir_all(&dir).expect("create artifacts dir");
     std::fs::write(
         dir.join("recording.json"),
         serde_json::to_vec(rec).expect("encode recording"),
     )
     .expect("write recording");
-    let mut text = format!("{report}\n");
-    for p in &report.problems {
+    let mut text = format!("{verdict}\n");
+    for p in &verdict.report.problems {
         text.push_str(&format!("{p}\n\n"));
     }
     // Which member the sessions named in the problems talked to.
@@ -596,26 +843,31 @@ fn save(rec: &Recording, report: &Report, cluster: &ProcessCluster) -> PathBuf {
         text.push_str(&format!("  {line}\n"));
     }
     std::fs::write(dir.join("report.txt"), text).expect("write report");
-    for m in &cluster.members {
-        let _ = std::fs::copy(m.log_path(), dir.join(format!("{}.log", m.name)));
+    for (name, path) in member_logs {
+        let _ = std::fs::copy(path, dir.join(format!("{name}.log")));
     }
     dir
 }
 
-/// Checks a saved recording again (`make jepsen-replay RECORDING=...`).
-pub fn replay(path: &str) {
-    let path = PathBuf::from(path);
+/// Reads a saved recording (a run's directory or its `recording.json`) and checks it again.
+pub fn recheck(path: &Path) -> (Recording, Verdict) {
     let path = if path.is_dir() {
         path.join("recording.json")
     } else {
-        path
+        path.to_path_buf()
     };
     let bytes = std::fs::read(&path).expect("read recording");
     let rec: Recording = serde_json::from_slice(&bytes).expect("decode recording");
-    let report = check(&rec);
-    eprintln!("{}: seed {}\n{report}", rec.scenario, rec.seed);
-    for p in &report.problems {
+    let verdict = Verdict::of(&rec);
+    (rec, verdict)
+}
+
+/// Checks a saved recording again (`make jepsen-replay RECORDING=...`); panics if it fails.
+pub fn replay(path: &str) {
+    let (rec, verdict) = recheck(Path::new(path));
+    eprintln!("{}: seed {}\n{verdict}", rec.scenario, rec.seed);
+    for p in &verdict.report.problems {
         eprintln!("{p}\n");
     }
-    assert!(report.is_valid(), "{} has problems", path.display());
+    assert!(verdict.is_valid(), "{path} has problems");
 }
