@@ -5,7 +5,8 @@
 //! everything is read back, and [`corral::checker`] must find every key linearizable,
 //! revisions monotonic, watch streams exact, acknowledged writes present, expired lease keys
 //! gone, lock holders (fencing tokens) never overlapping, and ephemerals of ended sessions
-//! never seen again.
+//! never seen again. The workloads must also have done enough (see `run::MINIMUMS`) for
+//! those checks to mean something.
 //!
 //! Partitions are real cuts of peer traffic: every directed peer link runs through a TCP proxy
 //! in this process (`--peer-dial-map`), which the nemesis black-holes.

@@ -139,23 +139,180 @@ pub fn check(rec: &Recording) -> Report {
     report
 }
 
+/// How much a run's workloads did. Most checks pass vacuously on a run that did nothing (no
+/// lock ever held, no session, no lease key), so a finished run below [`MINIMUMS`] fails too.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Activity {
+    /// Key-value operations (the final reads aside) that got an answer.
+    pub kv_acknowledged: usize,
+    /// Of those, writes: puts, deletes and compare-and-sets.
+    pub kv_writes: usize,
+    /// Lock attempts that got the lock.
+    pub locks_held: usize,
+    /// Fenced writes of lock holders that got an answer (applied, or refused by the fence).
+    pub guarded_writes: usize,
+    /// Lease keys written and then deleted by their lease's expiry (in the event log).
+    pub lease_keys_expired: usize,
+    /// Reads that found an ephemeral znode.
+    pub ephemerals_seen: usize,
+    /// Events in the shortest stream watched during the run.
+    pub watch_events: usize,
+}
+
+/// The least a finished run must have done: about a quarter of the least seen. Six short
+/// schedules (15 s of faults, the two run side by side on 2 cores) did 376-746 kv operations
+/// answered (222-456 writes), 10-27 locks held, 20-53 fenced writes answered, 10-24 lease
+/// keys expired, 8-27 ephemerals seen, 255-480 events in the shortest watch stream.
+pub const MINIMUMS: Activity = Activity {
+    kv_acknowledged: 100,
+    kv_writes: 50,
+    locks_held: 3,
+    guarded_writes: 5,
+    lease_keys_expired: 3,
+    ephemerals_seen: 2,
+    watch_events: 50,
+};
+
+impl Activity {
+    pub fn of(rec: &Recording) -> Activity {
+        let answered = |op: &&Op| matches!(op.outcome, Outcome::Ok { .. });
+        let kv: Vec<&Op> = rec
+            .history
+            .iter()
+            .filter(|op| !op.key.starts_with(LEASE_PREFIX) && !is_final_read(op))
+            .filter(answered)
+            .collect();
+        let kv_writes = kv
+            .iter()
+            .filter(|op| matches!(op.call, Call::Put { .. } | Call::Delete | Call::Cas { .. }))
+            .count();
+        let written: BTreeSet<&str> = rec
+            .history
+            .iter()
+            .filter(|op| op.key.starts_with(LEASE_PREFIX) && matches!(op.call, Call::Put { .. }))
+            .filter(answered)
+            .map(|op| op.key.as_str())
+            .collect();
+        let deleted: BTreeSet<&str> = rec
+            .log
+            .iter()
+            .filter(|e| e.value.is_none())
+            .map(|e| e.key.as_str())
+            .collect();
+        Activity {
+            kv_acknowledged: kv.len(),
+            kv_writes,
+            locks_held: rec.holds.iter().filter(|h| h.token().is_some()).count(),
+            guarded_writes: rec
+                .holds
+                .iter()
+                .flat_map(|h| &h.writes)
+                .filter(|w| matches!(w.outcome, WriteOutcome::Ok { .. }))
+                .count(),
+            lease_keys_expired: written.intersection(&deleted).count(),
+            ephemerals_seen: rec
+                .ephemerals
+                .reads
+                .iter()
+                .filter(|r| r.found.is_some())
+                .count(),
+            watch_events: rec.streams.iter().map(|(_, s)| s.len()).min().unwrap_or(0),
+        }
+    }
+
+    /// What falls short of `min`, one line each.
+    pub fn shortfalls(&self, min: &Activity) -> Vec<String> {
+        let figures = [
+            (
+                self.kv_acknowledged,
+                min.kv_acknowledged,
+                "key-value operations answered",
+            ),
+            (self.kv_writes, min.kv_writes, "key-value writes answered"),
+            (
+                self.locks_held,
+                min.locks_held,
+                "lock attempts that got the lock",
+            ),
+            (
+                self.guarded_writes,
+                min.guarded_writes,
+                "fenced writes answered",
+            ),
+            (
+                self.lease_keys_expired,
+                min.lease_keys_expired,
+                "lease keys deleted by expiry",
+            ),
+            (
+                self.ephemerals_seen,
+                min.ephemerals_seen,
+                "reads that found an ephemeral",
+            ),
+            (
+                self.watch_events,
+                min.watch_events,
+                "events in the shortest watch stream",
+            ),
+        ];
+        figures
+            .into_iter()
+            .filter(|(got, least, _)| got < least)
+            .map(|(got, least, what)| format!("only {got} {what} (at least {least})"))
+            .collect()
+    }
+}
+
+impl fmt::Display for Activity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} kv ops answered ({} writes), {} locks held, {} fenced writes answered, {} lease \
+             keys expired, {} ephemerals seen, {} events in the shortest watch stream",
+            self.kv_acknowledged,
+            self.kv_writes,
+            self.locks_held,
+            self.guarded_writes,
+            self.lease_keys_expired,
+            self.ephemerals_seen,
+            self.watch_events
+        )
+    }
+}
+
+fn is_final_read(op: &Op) -> bool {
+    op.note.as_deref() == Some(FINAL_READ)
+}
+
+const FINAL_READ: &str = "final read";
+
 /// What a recording shows: the checker's report, and what else fails the run.
 pub struct Verdict {
     pub report: Report,
     /// The run stopped before its final reads (see [`Recording::aborted`]).
     pub aborted: Option<String>,
+    pub activity: Activity,
+    /// Where a finished run's workloads did less than [`MINIMUMS`].
+    pub shortfalls: Vec<String>,
 }
 
 impl Verdict {
     pub fn of(rec: &Recording) -> Verdict {
+        let activity = Activity::of(rec);
         Verdict {
             report: check(rec),
             aborted: rec.aborted.clone(),
+            activity,
+            // A run that stopped early did little by construction; its abort is the failure.
+            shortfalls: match rec.aborted {
+                Some(_) => Vec::new(),
+                None => activity.shortfalls(&MINIMUMS),
+            },
         }
     }
 
     pub fn is_valid(&self) -> bool {
-        self.report.is_valid() && self.aborted.is_none()
+        self.report.is_valid() && self.aborted.is_none() && self.shortfalls.is_empty()
     }
 }
 
@@ -166,6 +323,9 @@ impl fmt::Display for Verdict {
                 f,
                 "the run stopped before its checks, in {why} (checked: what it collected)"
             )?;
+        }
+        for line in &self.shortfalls {
+            writeln!(f, "the workloads did too little: {line}")?;
         }
         write!(f, "{}", self.report)
     }
@@ -470,7 +630,7 @@ pub async fn run(s: Scenario) {
         col.start,
         &format!(
             "checked in {:.2}s: {} ops ({unknown} unknown outcome), {} keys, final revision \
-             {}, {} events; {} lease keys; {}; client errors: {:?}",
+             {}, {} events; {} lease keys; {}; activity: {}; client errors: {:?}",
             checking.elapsed().as_secs_f64(),
             recording.history.len(),
             verdict.report.keys,
@@ -478,6 +638,7 @@ pub async fn run(s: Scenario) {
             recording.log.len(),
             recording.lease_keys.len(),
             lock_summary(&recording),
+            verdict.activity,
             col.recorder.error_summary(),
         ),
     );
@@ -672,7 +833,7 @@ async fn phases(
                         mod_revision: hit.map(|(_, m)| *m).unwrap_or(0),
                     },
                 },
-                note: Some("final read".into()),
+                note: Some(FINAL_READ.into()),
             });
         }
     }
@@ -817,7 +978,7 @@ pub fn save_in(
         serde_json::to_vec(rec).expect("encode recording"),
     )
     .expect("write recording");
-    let mut text = format!("{verdict}\n");
+    let mut text = format!("{verdict}\nactivity: {}\n", verdict.activity);
     for p in &verdict.report.problems {
         text.push_str(&format!("{p}\n\n"));
     }
@@ -865,7 +1026,10 @@ pub fn recheck(path: &Path) -> (Recording, Verdict) {
 /// Checks a saved recording again (`make jepsen-replay RECORDING=...`); panics if it fails.
 pub fn replay(path: &str) {
     let (rec, verdict) = recheck(Path::new(path));
-    eprintln!("{}: seed {}\n{verdict}", rec.scenario, rec.seed);
+    eprintln!(
+        "{}: seed {}\n{verdict}\nactivity: {}",
+        rec.scenario, rec.seed, verdict.activity
+    );
     for p in &verdict.report.problems {
         eprintln!("{p}\n");
     }
