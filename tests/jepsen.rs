@@ -11,7 +11,8 @@
 //! Partitions are real cuts of peer traffic: every directed peer link runs through a TCP proxy
 //! in this process (`--peer-dial-map`), which the nemesis black-holes.
 //!
-//! The short schedules here run in `make test` (about 25 s each); `make jepsen DURATION=5m` runs the long ones (ignored here, every fault) and any
+//! The short schedules here run in `make test` (about 25 s each, every listed fault at least
+//! once); `make jepsen DURATION=5m` runs the long ones (ignored here, every fault) and any
 //! failing run — also one that stops before its checks — is saved under `target/jepsen/`
 //! (recording, report, member logs) for `make jepsen-replay RECORDING=...`. `JEPSEN_SEED`
 //! replays a fault schedule (timing still varies). nextest runs this binary without retries

@@ -40,7 +40,8 @@ pub struct Scenario {
     pub clients: u32,
     /// How long the nemesis runs.
     pub duration: Duration,
-    /// Faults, taken in turn (shuffled) by the nemesis.
+    /// Faults the nemesis injects: each one once (in a shuffled order) whatever the duration,
+    /// then shuffled rounds of them until the duration is up.
     pub faults: Vec<Fault>,
     /// Clients contending for the lock.
     pub lockers: u32,
@@ -630,7 +631,7 @@ pub async fn run(s: Scenario) {
         col.start,
         &format!(
             "checked in {:.2}s: {} ops ({unknown} unknown outcome), {} keys, final revision \
-             {}, {} events; {} lease keys; {}; activity: {}; client errors: {:?}",
+             {}, {} events; {} lease keys; {}; activity: {}; faults: {}; client errors: {:?}",
             checking.elapsed().as_secs_f64(),
             recording.history.len(),
             verdict.report.keys,
@@ -639,6 +640,7 @@ pub async fn run(s: Scenario) {
             recording.lease_keys.len(),
             lock_summary(&recording),
             verdict.activity,
+            fault_summary(&recording.nemesis),
             col.recorder.error_summary(),
         ),
     );
@@ -666,6 +668,24 @@ pub async fn run(s: Scenario) {
             dir.display()
         );
     }
+}
+
+/// How often each kind of fault was injected, from the nemesis log.
+fn fault_summary(nemesis: &[String]) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for line in nemesis {
+        // "<secs>s <Fault>: <what it did>"
+        if let Some((kind, _)) = line.split_once(' ').and_then(|(_, l)| l.split_once(':')) {
+            if !kind.contains(' ') {
+                *counts.entry(kind).or_default() += 1;
+            }
+        }
+    }
+    counts
+        .iter()
+        .map(|(kind, n)| format!("{kind} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Everything from the first election to the final reads; what it gathers goes into `col`.
@@ -742,21 +762,26 @@ async fn phases(
     }
     *col.workers.lock().unwrap() = workers;
 
+    // Every listed fault once, in a shuffled order and whatever the deadline (a short
+    // schedule would otherwise skip the last kinds now and then), then shuffled rounds of
+    // them until the deadline.
     let deadline = Instant::now() + s.duration;
     let mut faults = s.faults.clone();
+    let mut first_round = true;
     'schedule: loop {
         faults.shuffle(&mut rng);
         for &fault in &faults {
-            if Instant::now() >= deadline {
+            if !first_round && Instant::now() >= deadline {
                 break 'schedule;
             }
             tokio::time::sleep(nemesis::quiet_time(&mut rng)).await;
             let what = nemesis::inject(cluster, fault, &mut rng).await;
-            col.note(what);
+            col.note(format!("{fault:?}: {what}"));
             tokio::time::sleep(nemesis::hold_time(&mut rng)).await;
             nemesis::heal(cluster, proxied);
             col.note("heal".into());
         }
+        first_round = false;
     }
     // A little clean traffic after the last heal, so recovery is exercised too.
     tokio::time::sleep(Duration::from_secs(1)).await;
