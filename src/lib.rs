@@ -24,7 +24,8 @@
 //! - [`lease`]: the lease table (applied, deterministic) and the leader-only expiry clock that
 //!   proposes revocations; keep-alives never go through Raft.
 //! - [`storage`]: sled, and nothing else names it: the Raft log store (group commit) and the
-//!   state-machine store (one atomic batch per apply).
+//!   state-machine store (one atomic batch per apply), and `storage::durable`, the fsyncs
+//!   sled's own flush leaves out.
 //! - [`watch`]: the hub that fans applied events out to watch streams without ever blocking
 //!   apply; streams that fall behind catch up from stored history.
 //! - [`znode`]: the ZooKeeper-style namespace on the flat key space — path rules, key layout

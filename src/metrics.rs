@@ -199,12 +199,22 @@ pub struct Metrics {
     pub sessions_closed: Counter,
     /// Znode session keep-alive streams open on this member: the sessions connected here.
     pub sessions_connected: Gauge,
+    /// Durations of the Raft log's durable flushes, shared with the log store that times them.
+    pub wal_fsync: Arc<Histogram>,
     grpc: RwLock<BTreeMap<(String, String), Arc<MethodStats>>>,
 }
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         Arc::new(Metrics::default())
+    }
+
+    /// Metrics whose log-flush histogram is the one the log store fills.
+    pub fn with_wal_fsync(wal_fsync: Arc<Histogram>) -> Arc<Metrics> {
+        Arc::new(Metrics {
+            wal_fsync,
+            ..Metrics::default()
+        })
     }
 
     /// The statistics of the method at gRPC request `path` (`/package.Service/Method`).

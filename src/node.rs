@@ -156,6 +156,7 @@ impl Node {
         let raft_config = Arc::new(cfg.raft_config()?);
         // Read before Raft takes the log store: see `RaftHandle`'s `startup`.
         let mut log_store = log_store;
+        let wal_fsync = log_store.sync_durations();
         let startup = {
             use openraft::storage::RaftLogStorage;
             let state = log_store
@@ -188,6 +189,7 @@ impl Node {
             leases.clone(),
             timeout,
             Duration::from_millis(cfg.election_timeout_ms),
+            wal_fsync,
         );
 
         let membership = Membership::new(

@@ -319,6 +319,30 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
         );
     }
 
+    // Disk: every durable flush (sled's flush, then the fsyncs it leaves out).
+    t.family(
+        "corral_disk_wal_fsync_duration_seconds",
+        "histogram",
+        "Durable flushes of the Raft log: one per group commit of appended entries, and one per \
+         vote, truncation and purge (etcd_disk_wal_fsync_duration_seconds).",
+    );
+    t.histogram(
+        "corral_disk_wal_fsync_duration_seconds",
+        &[],
+        &counted.wal_fsync.snapshot(),
+    );
+    t.family(
+        "corral_disk_backend_flush_duration_seconds",
+        "histogram",
+        "Durable flushes of the state machine database: before a snapshot is handed out, on \
+         defragment and at shutdown (applies themselves are not flushed; the log covers them).",
+    );
+    t.histogram(
+        "corral_disk_backend_flush_duration_seconds",
+        &[],
+        &store.flush_durations().snapshot(),
+    );
+
     // Watches, leases, sessions.
     t.one(
         "corral_watch_streams",

@@ -327,6 +327,18 @@ async fn metrics_follow_a_three_member_cluster() {
         PUTS as f64
     );
     assert_eq!(s.value("corral_grpc_server_in_flight", &KV_PUT), 0.0);
+
+    // Each of those puts (one after the other) waited for a durable flush of the leader's
+    // log; group commit may merge one with an internal entry, never most of them.
+    let flushes = "corral_disk_wal_fsync_duration_seconds_count";
+    let at_leader = scrape(addr(leader)).await;
+    assert!(
+        at_leader.must(flushes) - before[leader].must(flushes) >= (PUTS / 2) as f64,
+        "the leader's log flushed for the puts: {} then {}",
+        before[leader].must(flushes),
+        at_leader.must(flushes)
+    );
+    assert!(at_leader.must("corral_disk_wal_fsync_duration_seconds_sum") > 0.0);
     let sum = s.value("corral_grpc_server_handling_seconds_sum", &ok);
     assert!(sum > 0.0 && sum < 60.0, "handling time sum {sum}");
     let range_err = [

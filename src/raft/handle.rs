@@ -35,7 +35,7 @@ use super::network::{ForwardRefusal, LeaseAsk, PeerClients, PeerError};
 use super::types::{Member, NodeId, Proposal, ProposalResult, Raft, TypeConfig};
 use crate::command::{Command, CommandResult};
 use crate::lease::clock::LeaseClock;
-use crate::metrics::Metrics;
+use crate::metrics::{Histogram, Metrics};
 use crate::pb::corral::peer::v1::LeaseAnswer;
 use crate::storage::state::StateStore;
 
@@ -193,7 +193,8 @@ pub struct RaftHandle {
 }
 
 impl RaftHandle {
-    /// Starts the batcher. `timeout` bounds every proposal and read barrier.
+    /// Starts the batcher. `timeout` bounds every proposal and read barrier; `wal_fsync` is the
+    /// log store's flush histogram, published with this member's metrics.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         startup: (u64, u64),
@@ -204,6 +205,7 @@ impl RaftHandle {
         leases: Arc<LeaseClock>,
         timeout: Duration,
         election_timeout: Duration,
+        wal_fsync: Arc<Histogram>,
     ) -> RaftHandle {
         let submitter = Submitter {
             id,
@@ -219,7 +221,7 @@ impl RaftHandle {
         };
         let (queue, rx) = mpsc::channel(MAX_BATCH * 2);
         tokio::spawn(batch_loop(submitter.clone(), rx));
-        let metrics = Metrics::new();
+        let metrics = Metrics::with_wal_fsync(wal_fsync);
         tokio::spawn(count_leader_changes(
             submitter.raft.metrics(),
             metrics.clone(),

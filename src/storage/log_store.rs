@@ -20,7 +20,8 @@
 //!
 //! * [`append`](RaftLogStorage::append) inserts the entries (readable at once, as openraft
 //!   requires) and hands its [`LogFlushed`] callback to a background *flusher* task. The callback
-//!   fires only after a sled `flush` (which fsyncs) that *started after* the entries were
+//!   fires only after a durable flush ([`DurableFlush`]: sled's flush, then `fdatasync`) that
+//!   *started after* the entries were
 //!   inserted. That is guaranteed because the callback is queued only once the inserts are done,
 //!   and the flusher starts its flush only after it has taken the callback off the queue.
 //! * **Group commit**: the flusher does not fsync per append. It waits for one callback, takes
@@ -55,7 +56,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::metrics::Histogram;
 use crate::raft::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+use crate::storage::durable::DurableFlush;
 
 /// Name of the tree holding the entries, keyed by big-endian log index.
 const LOG_TREE: &str = "log";
@@ -81,6 +84,7 @@ type FlushCallback = Box<dyn FnOnce(Result<(), io::Error>) + Send + 'static>;
 /// [`open_db`].)
 struct Inner {
     db: sled::Db,
+    durable: DurableFlush,
     log: sled::Tree,
     meta: sled::Tree,
 }
@@ -114,15 +118,21 @@ impl LogStore {
             .map_err(|e| io::Error::other(format!("LogStore::open needs a Tokio runtime: {e}")))?;
 
         let db = open_db(dir)?;
+        let durable = DurableFlush::open(dir)?;
         let log = db.open_tree(LOG_TREE)?;
         let meta = db.open_tree(META_TREE)?;
-        let inner = Arc::new(Inner { db, log, meta });
+        let inner = Arc::new(Inner {
+            db,
+            durable,
+            log,
+            meta,
+        });
 
         // A purge records `last_purged` durably before deleting entries; if we crashed in
         // between, finish the deletion now so readers never see purged entries.
         if let Some(purged) = inner.read_meta::<LogId>(KEY_LAST_PURGED).map_err(to_io)? {
             inner.delete_upto(purged.index).map_err(to_io)?;
-            inner.db.flush()?;
+            inner.durable.flush(&inner.db)?;
         }
 
         let (flush_tx, flush_rx) = mpsc::channel(FLUSH_QUEUE_CAPACITY);
@@ -144,6 +154,12 @@ impl LogStore {
     /// `save_vote`, `truncate`, etc. are not counted.
     pub fn flush_count(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Durations of this log's durable flushes (group commits, votes, truncations, purges):
+    /// etcd's `etcd_disk_wal_fsync_duration_seconds`.
+    pub fn sync_durations(&self) -> Arc<Histogram> {
+        self.inner.durable.durations()
     }
 
     /// A read-only handle sharing this store's database.
@@ -226,10 +242,10 @@ impl Inner {
         Ok(())
     }
 
-    /// Flushes (and fsyncs) the whole log `Db` on the blocking pool, so an fsync never stalls a
+    /// Flushes the whole log `Db` durably on the blocking pool, so an fsync never stalls a
     /// runtime worker.
     async fn flush(&self) -> Result<(), io::Error> {
-        flush_db(self.db.clone()).await
+        flush_db(self.db.clone(), self.durable.clone()).await
     }
 
     /// Deletes, in one atomic batch, every entry whose index is in `range` (not flushed).
@@ -330,8 +346,9 @@ async fn run_flusher(
             // Hold only a `Db` clone during the flush, not the `Inner`.
             Some(inner) => {
                 let db = inner.db.clone();
+                let durable = inner.durable.clone();
                 drop(inner);
-                flush_db(db).await
+                flush_db(db, durable).await
             }
             // The store and all readers are gone, so the `Db` was closed; sled flushes on close
             // but cannot report whether that worked, so we cannot claim durability.
@@ -359,11 +376,11 @@ async fn run_flusher(
     tracing::debug!("raft log flusher stopped");
 }
 
-/// `Db::flush` (write out and fsync everything inserted so far) on Tokio's blocking pool.
-async fn flush_db(db: sled::Db) -> Result<(), io::Error> {
-    match tokio::task::spawn_blocking(move || db.flush()).await {
-        Ok(Ok(_bytes)) => Ok(()),
-        Ok(Err(e)) => Err(e.into()),
+/// A durable flush (write out and sync everything inserted so far) on Tokio's blocking pool.
+async fn flush_db(db: sled::Db, durable: DurableFlush) -> Result<(), io::Error> {
+    match tokio::task::spawn_blocking(move || durable.flush(&db)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e),
         Err(join) => Err(io::Error::other(format!("log flush task failed: {join}"))),
     }
 }

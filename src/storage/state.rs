@@ -12,11 +12,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
+use crate::metrics::Histogram;
 use crate::mvcc::hash::KvHasher;
 use crate::mvcc::keys::{decode_history_key, version_key_revision, HISTORY_SPACE, KV_SPACE};
 use crate::mvcc::read::resolve_revision;
 use crate::mvcc::{Backend, MvccError, INITIAL_REVISION};
 use crate::pb::etcdserverpb::{AlarmMember, AlarmType};
+use crate::storage::durable::DurableFlush;
 
 /// Meta records live under this one-byte space, after every MVCC space.
 const META_SPACE: u8 = b'm';
@@ -59,6 +61,8 @@ const STATE_CACHE_BYTES: u64 = 64 << 20;
 /// The state-machine database of one member.
 pub struct StateStore {
     db: sled::Db,
+    /// How [`StateStore::flush`] reaches stable storage (sled's own flush does not).
+    durable: DurableFlush,
     tree: sled::Tree,
     /// Store revision that readers may read at: set only after its batch is fully committed.
     revision: AtomicI64,
@@ -176,9 +180,11 @@ impl StateStore {
             .cache_capacity(STATE_CACHE_BYTES)
             .open()
             .map_err(io::Error::other)?;
+        let durable = DurableFlush::open(dir)?;
         let tree = db.open_tree("state").map_err(io::Error::other)?;
         let store = StateStore {
             db,
+            durable,
             tree,
             revision: AtomicI64::new(INITIAL_REVISION),
             compacted: AtomicI64::new(0),
@@ -502,7 +508,7 @@ impl StateStore {
             batch.insert(k, v);
         }
         self.tree.apply_batch(batch).map_err(io::Error::other)?;
-        self.db.flush().map_err(io::Error::other)?;
+        self.durable.flush(&self.db)?;
         let rev = self
             .read_meta_i64(meta::REVISION)?
             .unwrap_or(INITIAL_REVISION);
@@ -514,10 +520,18 @@ impl StateStore {
         Ok(())
     }
 
-    /// Makes everything committed so far durable.
+    /// Makes everything committed so far durable (on Tokio's blocking pool).
     pub async fn flush(&self) -> io::Result<()> {
-        self.db.flush_async().await.map_err(io::Error::other)?;
-        Ok(())
+        let (db, durable) = (self.db.clone(), self.durable.clone());
+        match tokio::task::spawn_blocking(move || durable.flush(&db)).await {
+            Ok(result) => result,
+            Err(join) => Err(io::Error::other(format!("state flush task failed: {join}"))),
+        }
+    }
+
+    /// Durations of this store's durable flushes (before a snapshot, a defragment, shutdown).
+    pub fn flush_durations(&self) -> std::sync::Arc<Histogram> {
+        self.durable.durations()
     }
 
     /// Bytes the database occupies on disk.
