@@ -23,6 +23,8 @@ use crate::raft::membership::MEMBER_REMOVED;
 /// How long `/health` and `/readyz` wait for a linearizable read (one leadership check with a
 /// quorum): a probe must answer well within its own timeout.
 const QUORUM_CHECK: Duration = Duration::from_secs(1);
+/// Why `/health` and `/readyz` fail when the quorum check does.
+const NO_QUORUM: &str = "no quorum: a linearizable read failed";
 
 /// Whether the cluster answers a linearizable read through this member: a leader that lost its
 /// quorum still believes it leads, so knowing a leader alone proves nothing (etcd's /health
@@ -77,7 +79,7 @@ async fn health(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
             StatusCode::OK,
             r#"{"health":"true","reason":""}"#.to_string(),
         ),
-        (Some(_), true) => unhealthy("no quorum: a linearizable read failed"),
+        (Some(_), true) => unhealthy(NO_QUORUM),
         (None, _) => unhealthy("no leader"),
         (_, false) => unhealthy("store not readable"),
     }
@@ -109,8 +111,7 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     if ops.handle.leader().is_none() {
         (StatusCode::SERVICE_UNAVAILABLE, "no leader".to_string())
     } else if !quorum_reachable(&ops.handle).await {
-        let reason = "no quorum: a linearizable read failed";
-        (StatusCode::SERVICE_UNAVAILABLE, reason.to_string())
+        (StatusCode::SERVICE_UNAVAILABLE, NO_QUORUM.to_string())
     } else {
         (StatusCode::OK, "ok".to_string())
     }
@@ -144,6 +145,12 @@ impl Text {
     fn one(&mut self, name: &str, kind: &str, help: &str, value: impl Display) {
         self.family(name, kind, help);
         self.sample(name, &[], value);
+    }
+
+    /// A family of one unlabelled histogram.
+    fn one_histogram(&mut self, name: &str, help: &str, h: &HistogramSnapshot) {
+        self.family(name, "histogram", help);
+        self.histogram(name, &[], h);
     }
 
     fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &HistogramSnapshot) {
@@ -320,26 +327,16 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     }
 
     // Disk: every durable flush (sled's flush, then the fsyncs it leaves out).
-    t.family(
+    t.one_histogram(
         "corral_disk_wal_fsync_duration_seconds",
-        "histogram",
         "Durable flushes of the Raft log: one per group commit of appended entries, and one per \
          vote, truncation and purge (etcd_disk_wal_fsync_duration_seconds).",
-    );
-    t.histogram(
-        "corral_disk_wal_fsync_duration_seconds",
-        &[],
         &counted.wal_fsync.snapshot(),
     );
-    t.family(
+    t.one_histogram(
         "corral_disk_backend_flush_duration_seconds",
-        "histogram",
         "Durable flushes of the state machine database: before a snapshot is handed out, on \
          defragment and at shutdown (applies themselves are not flushed; the log covers them).",
-    );
-    t.histogram(
-        "corral_disk_backend_flush_duration_seconds",
-        &[],
         &store.flush_durations().snapshot(),
     );
 

@@ -49,19 +49,6 @@ async fn corral(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// HashKV of member `i` at `rev`, once it has applied that far.
-async fn hash_kv(cluster: &Cluster, i: usize, rev: i64) -> (u32, i64, i64) {
-    cluster.wait_revision(i, rev).await;
-    let r = cluster
-        .client(i)
-        .await
-        .maintenance_client()
-        .hash_kv(rev)
-        .await
-        .expect("hash_kv");
-    (r.hash(), r.hash_revision(), r.compact_version())
-}
-
 /// Streams a snapshot from `client`; checks the framing and returns (bytes, revision).
 async fn stream_snapshot(client: &Client) -> (Vec<u8>, i64) {
     let mut stream = client
@@ -214,7 +201,7 @@ async fn snapshot_restores_into_a_new_cluster_with_the_same_data_and_hash() {
     let saved_len = std::fs::metadata(&saved).unwrap().len();
     assert_eq!(report["size"], saved_len);
 
-    let original = hash_kv(&cluster, follower, rev).await;
+    let original = cluster.hash_kv(follower, rev).await;
     assert_eq!(original.1, rev);
     assert_eq!(original.2, compact_at - 1);
     // The file's status reports the same HashKV.
@@ -473,7 +460,7 @@ async fn snapshot_under_writes_and_compaction_restores_into_three_members() {
     let writes = writer.await.expect("writer");
     assert!(writes > 0, "the writer ran during the backup");
 
-    let original = hash_kv(&cluster, follower, rev).await;
+    let original = cluster.hash_kv(follower, rev).await;
     assert_eq!(original.2, compact_at);
 
     let dir = tempfile::tempdir().unwrap();
@@ -576,27 +563,23 @@ async fn hash_kv_agrees_on_every_member_and_refuses_bad_revisions() {
         .revision();
 
     for rev in [mid, last] {
-        let first = hash_kv(&cluster, 0, rev).await;
+        let first = cluster.hash_kv(0, rev).await;
         assert_eq!(first.1, rev);
         assert_eq!(first.2, 5);
         for i in 1..3 {
-            assert_eq!(
-                hash_kv(&cluster, i, rev).await,
-                first,
-                "member {i} at {rev}"
-            );
+            assert_eq!(cluster.hash_kv(i, rev).await, first, "member {i} at {rev}");
         }
     }
     assert_ne!(
-        hash_kv(&cluster, 0, mid).await.0,
-        hash_kv(&cluster, 0, last).await.0
+        cluster.hash_kv(0, mid).await.0,
+        cluster.hash_kv(0, last).await.0
     );
     // 0 means the current revision.
     let mut m = cluster.client(1).await.maintenance_client();
     cluster.wait_revision(1, last).await;
     let now = m.hash_kv(0).await.unwrap();
     assert_eq!(now.hash_revision(), last);
-    assert_eq!(now.hash(), hash_kv(&cluster, 1, last).await.0);
+    assert_eq!(now.hash(), cluster.hash_kv(1, last).await.0);
 
     let future = m.hash_kv(last + 100).await.unwrap_err();
     assert_eq!(
@@ -847,7 +830,7 @@ async fn etcdctl_snapshot_save_writes_a_restorable_file() {
     assert_eq!(code, 0, "{out}{err}");
     let st: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(st["revision"], rev);
-    assert_eq!(st["hash"], hash_kv(&cluster, 0, rev).await.0);
+    assert_eq!(st["hash"], cluster.hash_kv(0, rev).await.0);
 
     let restored = restore_and_start(&file, &dir.path().join("from-etcdctl")).await;
     let mut c = Client::connect([restored.endpoint.clone()], None)

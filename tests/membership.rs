@@ -89,18 +89,6 @@ async fn keys_under(client: &mut etcd_client::Client, prefix: &str) -> HashSet<S
         .collect()
 }
 
-/// (hash, hash revision, compact revision) of member `i`'s store at `rev` (Maintenance.HashKV).
-async fn hash_kv(cluster: &Cluster, i: usize, rev: i64) -> (u32, i64, i64) {
-    let h = cluster
-        .client(i)
-        .await
-        .maintenance_client()
-        .hash_kv(rev)
-        .await
-        .expect("hash_kv");
-    (h.hash(), h.hash_revision(), h.compact_version())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn learner_catches_up_from_a_snapshot_is_promoted_and_an_old_member_removed() {
     let mut cluster =
@@ -629,13 +617,10 @@ async fn a_voter_added_with_member_add_joins_and_counts_in_the_quorum() {
     assert_eq!(got.kvs().len(), 20);
     let rev = cluster.node(leader).handle.store().revision();
     let running: Vec<usize> = (0..4).filter(|&i| i != down).collect();
-    for &i in &running {
-        cluster.wait_revision(i, rev).await;
-    }
-    let first = hash_kv(&cluster, running[0], rev).await;
+    let first = cluster.hash_kv(running[0], rev).await;
     for &i in &running[1..] {
         assert_eq!(
-            hash_kv(&cluster, i, rev).await,
+            cluster.hash_kv(i, rev).await,
             first,
             "member {i}'s HashKV at {rev}"
         );
@@ -797,9 +782,9 @@ async fn a_follower_behind_the_log_catches_up_from_a_snapshot() {
         "its snapshot covers the purged log (snapshot {snapshot}, purged {purged})"
     );
     let hashes = [
-        hash_kv(&cluster, 0, target).await,
-        hash_kv(&cluster, 1, target).await,
-        hash_kv(&cluster, 2, target).await,
+        cluster.hash_kv(0, target).await,
+        cluster.hash_kv(1, target).await,
+        cluster.hash_kv(2, target).await,
     ];
     assert!(
         hashes.iter().all(|h| *h == hashes[0]),

@@ -10,59 +10,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use common::{eventually, Cluster};
+use common::{eventually, http_get, http_get_with_head, serve_ops, Cluster};
 use corral::config::ServeArgs;
 use corral::metrics::GRPC_CODES;
 use corral::node::{Listeners, Node};
 use corral::pb::corral::v1::sessions_client::SessionsClient;
 use corral::pb::corral::v1::{CloseSessionRequest, KeepAliveRequest, OpenSessionRequest};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// An HTTP/1.1 GET: (status, lower-cased headers, body).
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr)
-        .await
-        .expect("connect to the ops port");
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("send request");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.expect("read response");
-    let raw = String::from_utf8(raw).expect("UTF-8 response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("header end");
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    let head = head.to_ascii_lowercase();
-    let body = if head.contains("transfer-encoding: chunked") {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, head, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = s.split_once("\r\n").expect("chunk size line");
-        let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&rest[..size]);
-        s = &rest[size + 2..];
-    }
-}
 
 type Labels = Vec<(String, String)>;
 
@@ -222,19 +179,8 @@ impl Scrape {
     }
 }
 
-/// Serves `node`'s ops router on a port-0 listener, as `corral serve` does on its metrics port.
-async fn serve_ops(node: &Node) -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let app = corral::ops::router(node.handle.clone());
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (addr, task)
-}
-
 async fn scrape(addr: SocketAddr) -> Scrape {
-    let (status, head, body) = http_get(addr, "/metrics").await;
+    let (status, head, body) = http_get_with_head(addr, "/metrics").await;
     assert_eq!(status, 200, "/metrics answers: {body}");
     assert!(
         head.contains("content-type: text/plain; version=0.0.4"),
@@ -264,7 +210,7 @@ async fn metrics_follow_a_three_member_cluster() {
     for i in 0..3 {
         ops.push(serve_ops(cluster.node(i)).await);
     }
-    let addr = |i: usize| ops[i].0;
+    let addr = |i: usize| ops[i];
 
     // Raft: one leader, known to all, in one term.
     let mut before = Vec::new();
@@ -507,7 +453,7 @@ async fn metrics_follow_a_three_member_cluster() {
     // It may still think it leads (openraft's leader does not step down by itself): the
     // probes' quorum read finds out either way.
     let body = eventually("the last member is unhealthy", WAIT, || async {
-        let (status, _, body) = http_get(addr(last), "/health").await;
+        let (status, body) = http_get(addr(last), "/health").await;
         (status == 503).then_some(body)
     })
     .await;
@@ -515,14 +461,11 @@ async fn metrics_follow_a_three_member_cluster() {
         body.contains("no leader") || body.contains("no quorum"),
         "{body}"
     );
-    let (status, _, body) = http_get(addr(last), "/readyz").await;
+    let (status, body) = http_get(addr(last), "/readyz").await;
     assert_eq!(status, 503, "{body}");
-    let (status, _, body) = http_get(addr(last), "/livez").await;
+    let (status, body) = http_get(addr(last), "/livez").await;
     assert_eq!((status, body.as_str()), (200, "ok"));
 
-    for (_, task) in ops {
-        task.abort();
-    }
     cluster.shutdown().await;
 }
 
@@ -573,18 +516,18 @@ async fn the_metrics_port_of_a_member() {
     assert_eq!(node.metrics_addr, Some(m));
 
     eventually("the member is ready", WAIT, || async {
-        let (status, _, _) = http_get(m, "/readyz").await;
+        let (status, _) = http_get(m, "/readyz").await;
         (status == 200).then_some(())
     })
     .await;
-    let (status, _, body) = http_get(m, "/health").await;
+    let (status, body) = http_get(m, "/health").await;
     assert_eq!(
         (status, body.as_str()),
         (200, r#"{"health":"true","reason":""}"#)
     );
-    let (status, _, body) = http_get(m, "/livez").await;
+    let (status, body) = http_get(m, "/livez").await;
     assert_eq!((status, body.as_str()), (200, "ok"));
-    let (status, _, _) = http_get(m, "/nope").await;
+    let (status, _) = http_get(m, "/nope").await;
     assert_eq!(status, 404);
 
     let mut kv = etcd_client::Client::connect([format!("http://{c}")], None)

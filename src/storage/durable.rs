@@ -53,14 +53,13 @@ impl DurableFlush {
     /// their directory entries), so a database created just now survives a power cut too.
     pub fn open(dir: &Path) -> io::Result<DurableFlush> {
         let data = File::open(dir.join("db"))?;
-        let blobs = dir.join("blobs");
-        for file in [dir.join("db"), dir.join("conf")] {
-            match File::open(&file) {
-                Ok(f) => f.sync_all()?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+        data.sync_all()?;
+        match File::open(dir.join("conf")) {
+            Ok(conf) => conf.sync_all()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
+        let blobs = dir.join("blobs");
         sync_dir(&blobs)?;
         sync_dir(dir)?;
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -200,35 +200,17 @@ impl Cluster {
         listed: bool,
         extra: &[&str],
     ) -> usize {
-        let (c, p) = (
-            reserved.client.local_addr().expect("addr"),
-            reserved.peer.local_addr().expect("addr"),
-        );
+        let peer = reserved.peer.local_addr().expect("addr");
         let initial = if listed {
-            format!("{},{name}=http://{p}", self.initial)
+            format!("{},{name}=http://{peer}", self.initial)
         } else {
             self.initial.clone()
         };
-        let data = self._dir.path().join(name);
-        let mut cfg = member_config(name, &data, c, p, &initial, extra);
-        let listeners = Listeners {
-            client: vec![reserved.client],
-            peer: reserved.peer,
-            metrics: None,
-        };
+        let (cfg, listeners) = self.joiner(reserved, name, &initial, extra);
         let node = Node::start(cfg.clone(), listeners)
             .await
             .expect("node start");
-        // A joining member learns its ids from the cluster.
-        cfg.member_id = node.id();
-        cfg.cluster_id = self.cluster_id();
-        self.slots.push(Slot {
-            cfg,
-            client: c,
-            peer: p,
-            node: Some(node),
-        });
-        self.slots.len() - 1
+        self.admit(cfg, node)
     }
 
     /// Starts members on `reserved` (name, sockets) at once, each joining the running cluster
@@ -239,35 +221,58 @@ impl Cluster {
         reserved: Vec<(&str, Reserved)>,
         extra: &[&str],
     ) -> Vec<usize> {
-        let mut starting = Vec::new();
-        for (name, reserved) in reserved {
-            let (c, p) = (
-                reserved.client.local_addr().expect("addr"),
-                reserved.peer.local_addr().expect("addr"),
-            );
-            let data = self._dir.path().join(name);
-            let cfg = member_config(name, &data, c, p, &self.initial, extra);
-            let listeners = Listeners {
-                client: vec![reserved.client],
-                peer: reserved.peer,
-                metrics: None,
-            };
-            starting.push((cfg.clone(), c, p, tokio::spawn(Node::start(cfg, listeners))));
-        }
+        let initial = self.initial.clone();
+        let starting: Vec<_> = reserved
+            .into_iter()
+            .map(|(name, reserved)| {
+                let (cfg, listeners) = self.joiner(reserved, name, &initial, extra);
+                (cfg.clone(), tokio::spawn(Node::start(cfg, listeners)))
+            })
+            .collect();
         let mut indexes = Vec::new();
-        for (mut cfg, c, p, task) in starting {
+        for (cfg, task) in starting {
             let node = task.await.expect("join").expect("node start");
-            cfg.member_id = node.id();
-            cfg.cluster_id = self.cluster_id();
-            self.slots.push(Slot {
-                cfg,
-                client: c,
-                peer: p,
-                node: Some(node),
-            });
-            indexes.push(self.slots.len() - 1);
+            indexes.push(self.admit(cfg, node));
         }
         indexes
+    }
+
+    /// The configuration and listeners of a member joining as `name` on `reserved`.
+    fn joiner(
+        &self,
+        reserved: Reserved,
+        name: &str,
+        initial: &str,
+        extra: &[&str],
+    ) -> (Config, Listeners) {
+        let (c, p) = (
+            reserved.client.local_addr().expect("addr"),
+            reserved.peer.local_addr().expect("addr"),
+        );
+        let data = self._dir.path().join(name);
+        let cfg = member_config(name, &data, c, p, initial, extra);
+        let listeners = Listeners {
+            client: vec![reserved.client],
+            peer: reserved.peer,
+            metrics: None,
+        };
+        (cfg, listeners)
+    }
+
+    /// Adds a started joiner to the cluster's slots; returns its index.
+    fn admit(&mut self, mut cfg: Config, node: Node) -> usize {
+        // A joining member learns its ids from the cluster.
+        cfg.member_id = node.id();
+        cfg.cluster_id = self.cluster_id();
+        // `member_config` listens on exactly one client address.
+        let (client, peer) = (cfg.listen_client[0], cfg.listen_peer);
+        self.slots.push(Slot {
+            cfg,
+            client,
+            peer,
+            node: Some(node),
+        });
+        self.slots.len() - 1
     }
 
     /// Member `i`'s (client, peer) socket addresses.
@@ -345,6 +350,20 @@ impl Cluster {
         .await
     }
 
+    /// (hash, hash revision, compact revision) of member `i`'s store at `rev`
+    /// (Maintenance.HashKV), once it has applied that far.
+    pub async fn hash_kv(&self, i: usize, rev: i64) -> (u32, i64, i64) {
+        self.wait_revision(i, rev).await;
+        let r = self
+            .client(i)
+            .await
+            .maintenance_client()
+            .hash_kv(rev)
+            .await
+            .expect("hash_kv");
+        (r.hash(), r.hash_revision(), r.compact_version())
+    }
+
     /// Graceful stop of member `i` (its data dir stays).
     pub async fn stop(&mut self, i: usize) {
         if let Some(node) = self.slots[i].node.take() {
@@ -412,6 +431,13 @@ pub async fn serve_ops(node: &Node) -> SocketAddr {
 
 /// `GET path` over HTTP/1.1: (status, body). Panics on a malformed response.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = http_get_with_head(addr, path).await;
+    (status, body)
+}
+
+/// `GET path` over HTTP/1.1: (status, lower-cased headers, body, de-chunked). Panics on a
+/// malformed response.
+pub async fn http_get_with_head(addr: SocketAddr, path: &str) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
@@ -430,23 +456,24 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("status code");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
-            if n == 0 {
-                break;
-            }
-            out.push_str(&tail[..n]);
-            rest = tail[n..].trim_start_matches("\r\n");
-        }
-        out
+    let head = head.to_ascii_lowercase();
+    let body = if head.contains("transfer-encoding: chunked") {
+        dechunk(body)
     } else {
         body.to_string()
     };
-    (status, body)
+    (status, head, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = s.split_once("\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&rest[..size]);
+        s = &rest[size + 2..];
+    }
 }
