@@ -184,17 +184,33 @@ impl LogStore {
         I: IntoIterator<Item = Entry>,
         F: FnOnce(Result<(), io::Error>) + Send + 'static,
     {
-        let mut batch = sled::Batch::default();
+        let mut encoded = Vec::new();
         for entry in entries {
             let value =
                 encode(&entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
-            batch.insert(&index_key(entry.log_id.index), value);
+            encoded.push((index_key(entry.log_id.index), value));
         }
-        // One atomic batch: a crash keeps all of this append or none of it, never a hole.
-        self.inner
-            .log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        if encoded.len() == 1 {
+            // One entry (every proposal on a leader, most AppendEntries on a follower): a plain
+            // insert is atomic on its own. sled's `apply_batch` would seal and write out its IO
+            // buffer twice (the `pin_log` of sled 0.34's pagecache), each write ending in a
+            // waiting `sync_file_range`, and the flush that follows must wait for those writes.
+            let (key, value) = encoded.remove(0);
+            self.inner
+                .log
+                .insert(key, value)
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+        } else if !encoded.is_empty() {
+            // One atomic batch: a crash keeps all of this append or none of it, never a hole.
+            let mut batch = sled::Batch::default();
+            for (key, value) in encoded {
+                batch.insert(&key, value);
+            }
+            self.inner
+                .log
+                .apply_batch(batch)
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+        }
 
         // Queue the callback only now, after the inserts: the flusher's next flush therefore
         // starts after them, which is what makes firing the callback after it correct.
