@@ -23,9 +23,10 @@
 //!   DeleteRange / Txn / Compact — pure and deterministic over an ordered `Backend`.
 //! - [`lease`]: the lease table (applied, deterministic) and the leader-only expiry clock that
 //!   proposes revocations; keep-alives never go through Raft.
-//! - [`storage`]: sled, and nothing else names it: the Raft log store (group commit) and the
-//!   state-machine store (one atomic batch per apply), and `storage::durable`, the fsyncs
-//!   sled's own flush leaves out.
+//! - [`storage`]: sled, and nothing else names it: the Raft log store (group commit), the
+//!   state-machine store (one commit per apply, all or nothing after a crash: an atomic batch,
+//!   or plain writes under a "torn" marker that makes the next start rebuild the state from
+//!   the snapshot), and `storage::durable`, the fsyncs sled's own flush leaves out.
 //! - [`watch`]: the hub that fans applied events out to watch streams without ever blocking
 //!   apply; streams that fall behind catch up from stored history.
 //! - [`znode`]: the ZooKeeper-style namespace on the flat key space — path rules, key layout

@@ -129,9 +129,6 @@ impl StateMachine {
         watch: WatchHub,
         leases: Arc<LeaseClock>,
     ) -> Result<StateMachine, StorageError> {
-        leases.reload(&lease::all(&store.backend()).map_err(sm_read_err)?);
-        let applied = decode_meta::<Option<LogId>>(&store, meta::APPLIED)?.flatten();
-        let membership = decode_meta(&store, meta::MEMBERSHIP)?.unwrap_or_default();
         // The meta is the file's prefix: read only that.
         let current = match std::fs::File::open(snapshot_path) {
             Ok(file) => Some(
@@ -141,6 +138,15 @@ impl StateMachine {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
         };
+        if store.torn() {
+            rebuild(&store, snapshot_path, current.as_ref())?;
+        }
+        // Plain writes only once something can rebuild the state (see `storage::state`): a
+        // snapshot, or a log that produced all of it (every store but a restored backup's).
+        store.set_atomic_commits(current.is_none() && store.restored());
+        leases.reload(&lease::all(&store.backend()).map_err(sm_read_err)?);
+        let applied = decode_meta::<Option<LogId>>(&store, meta::APPLIED)?.flatten();
+        let membership = decode_meta(&store, meta::MEMBERSHIP)?.unwrap_or_default();
         let alarms = Alarms {
             list: store.alarms(),
             changed: false,
@@ -350,6 +356,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             persist_snapshot(&self.snapshot_path, snap_meta, SnapshotBody::Encoded(&data))?;
             *current = Some(snap_meta.clone());
         }
+        self.store.set_atomic_commits(false);
         drop(data);
         // Watchers skipped the installed revisions' events: they re-read them from history.
         self.watch.resync();
@@ -372,6 +379,40 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
     }
+}
+
+/// Replaces a store that may hold part of a batch (it was not flushed clean before a crash) with
+/// the state of the snapshot in `snapshot_path`, or with nothing if there is none: the log
+/// then replays every entry after it. See `storage::state` for why this is needed.
+fn rebuild(
+    store: &StateStore,
+    snapshot_path: &Path,
+    current: Option<&SnapshotMeta>,
+) -> Result<(), StorageError> {
+    let records: Vec<(Vec<u8>, Vec<u8>)> = match current {
+        Some(meta) => {
+            let read_err = |e: io::Error| StorageIOError::read_snapshot(Some(meta.signature()), &e);
+            let file = std::fs::File::open(snapshot_path).map_err(read_err)?;
+            let stored: StoredSnapshot = bincode::deserialize_from(io::BufReader::new(file))
+                .map_err(|e| read_err(io::Error::other(e)))?;
+            bincode::deserialize(&stored.data).map_err(|e| read_err(io::Error::other(e)))?
+        }
+        // Commits are atomic in a restored store until it has a snapshot, so it is never
+        // torn without one; if it is, its data is gone from this disk.
+        None if store.restored() => {
+            return Err(sm_read_err(io::Error::other(
+                "the state of this restored member is incomplete and it has no snapshot to \
+                 rebuild it from",
+            )))
+        }
+        None => Vec::new(),
+    };
+    tracing::warn!(
+        snapshot = ?current.map(|m| &m.last_log_id),
+        "the state machine was not flushed clean before this start: rebuilding it from the \
+         snapshot, the log replays the rest"
+    );
+    store.restore(records).map_err(sm_write_err)
 }
 
 /// Writes the snapshot file atomically (temp file, fsync, rename) as a [`StoredSnapshot`],
@@ -459,6 +500,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             )?;
             *current = Some(snap_meta.clone());
         }
+        // The state can now be rebuilt from this file: see `storage::state`.
+        self.store.set_atomic_commits(false);
         drop(records);
         // The data is in the file only. openraft (=0.9.25, pinned) keeps nothing of a built
         // snapshot but its meta (core/sm/worker.rs `build_snapshot`, storage/helper.rs); when

@@ -1,5 +1,22 @@
 //! The state machine's storage: one sled tree holding every key space (see `mvcc::keys`), plus
-//! meta records, committed with one atomic `apply_batch` per applied batch of entries.
+//! meta records, committed once per applied batch of entries.
+//!
+//! # A commit is all or nothing after a crash
+//!
+//! A crash must never leave half of a batch behind: the state machine resumes from the
+//! last-applied id stored with the batch, and re-applying an entry on top of part of itself
+//! would give a different state than on the other members. sled's `apply_batch` is atomic,
+//! but in sled 0.34 each call seals and writes out its IO buffer twice (its pagecache's
+//! `pin_log`), each write waiting in `sync_file_range`: about 40% of the machine's disk writes
+//! under put load. So once the state can be rebuilt without this tree, commits are plain
+//! inserts and removes, and a marker (`meta::TORN`) is written before the first of them:
+//! sled recovers a prefix of its writes, so whenever a torn batch survives a crash, the marker
+//! does too. A flush that finds no commit ran since it started removes the marker durably
+//! (before a snapshot, at shutdown). On opening a marked store, the state machine rebuilds it
+//! from its snapshot file (or from nothing, when the log still starts at the first entry),
+//! and the log replays the rest. A store seeded by `corral snapshot restore` holds data its
+//! log never produced, so it commits through `apply_batch` until its first snapshot exists
+//! (see [`StateStore::set_atomic_commits`]).
 //!
 //! Readers never lock: they read at the last *published* revision, and MVCC ignores versions
 //! above it, so a reader can't see half of a batch that is being committed. Only compaction
@@ -33,6 +50,8 @@ pub mod meta {
     pub const ALARMS: &[u8] = b"alarms";
     /// Present in a store seeded by `corral snapshot restore` (the backup's revision).
     pub const RESTORED: &[u8] = b"restored";
+    /// Present while the tree may hold a torn batch (see the module docs). Never in a dump.
+    pub const TORN: &[u8] = b"torn";
     /// Prefix of the per-member records (see [`super::member_attr_name`]).
     pub const MEMBER_PREFIX: &[u8] = b"member/";
 }
@@ -80,6 +99,12 @@ pub struct StateStore {
     quota_bytes: AtomicU64,
     /// Space accounting (see [`StateStore::in_use_upper_bound`]).
     space: SpaceCounter,
+    /// Commit through sled's atomic `apply_batch` (see the module docs).
+    atomic_commits: AtomicBool,
+    /// Whether the `TORN` marker is in the tree (written, not necessarily durable yet).
+    torn: AtomicBool,
+    /// Commits completed so far, so a flush can tell whether one ran while it did.
+    commits: AtomicU64,
 }
 
 /// Bytes in use, measured by a scan, plus an upper bound on the growth since.
@@ -194,7 +219,14 @@ impl StateStore {
             nospace: AtomicBool::new(false),
             quota_bytes: AtomicU64::new(u64::MAX),
             space: SpaceCounter::default(),
+            // Atomic until the state machine knows the state can be rebuilt.
+            atomic_commits: AtomicBool::new(true),
+            torn: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
         };
+        store
+            .torn
+            .store(store.read_meta(meta::TORN)?.is_some(), Ordering::Release);
         let rev = store
             .read_meta_i64(meta::REVISION)?
             .unwrap_or(INITIAL_REVISION);
@@ -232,6 +264,18 @@ impl StateStore {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Whether the store was opened with the `TORN` marker and not restored since: it may hold
+    /// part of a batch, and must be rebuilt before use (see the module docs).
+    pub fn torn(&self) -> bool {
+        self.torn.load(Ordering::Acquire)
+    }
+
+    /// Chooses how commits reach sled: `true`, one atomic `apply_batch` each (needed while
+    /// nothing could rebuild the state); `false`, plain writes under the `TORN` marker.
+    pub fn set_atomic_commits(&self, atomic: bool) {
+        self.atomic_commits.store(atomic, Ordering::Release);
     }
 
     /// Whether this store was seeded from a backup (see `raft::restored`).
@@ -312,27 +356,31 @@ impl StateStore {
         compacted: i64,
     ) -> io::Result<()> {
         let removes = writes.values().any(Option::is_none);
-        let mut batch = sled::Batch::default();
+        let mut items: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            Vec::with_capacity(writes.len() + meta.len() + 2);
         let mut written = 0usize;
         for (k, v) in writes {
-            match v {
-                Some(v) => {
-                    written += k.len() + v.len();
-                    batch.insert(k, v)
-                }
-                None => batch.remove(k),
+            if let Some(v) = &v {
+                written += k.len() + v.len();
             }
+            items.push((k, v));
         }
         for (name, value) in meta {
             written += name.len() + 1 + value.len();
-            batch.insert(meta_key(name), value.clone());
+            items.push((meta_key(name), Some(value.clone())));
         }
         // Plus the revision and compaction records below.
         self.space
             .written
             .fetch_add(written as u64 + 2 * 32, Ordering::Relaxed);
-        batch.insert(meta_key(meta::REVISION), revision.to_be_bytes().to_vec());
-        batch.insert(meta_key(meta::COMPACTED), compacted.to_be_bytes().to_vec());
+        items.push((
+            meta_key(meta::REVISION),
+            Some(revision.to_be_bytes().to_vec()),
+        ));
+        items.push((
+            meta_key(meta::COMPACTED),
+            Some(compacted.to_be_bytes().to_vec()),
+        ));
         let _commit = self
             .commit_lock
             .lock()
@@ -348,7 +396,32 @@ impl StateStore {
         } else {
             None
         };
-        self.tree.apply_batch(batch).map_err(io::Error::other)?;
+        if self.atomic_commits.load(Ordering::Acquire) {
+            let mut batch = sled::Batch::default();
+            for (k, v) in items {
+                match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                }
+            }
+            self.tree.apply_batch(batch).map_err(io::Error::other)?;
+        } else {
+            if !self.torn.load(Ordering::Acquire) {
+                // Before the first write it covers: see the module docs.
+                self.tree
+                    .insert(meta_key(meta::TORN), &[][..])
+                    .map_err(io::Error::other)?;
+                self.torn.store(true, Ordering::Release);
+            }
+            for (k, v) in items {
+                match v {
+                    Some(v) => self.tree.insert(k, v).map(drop),
+                    None => self.tree.remove(k).map(drop),
+                }
+                .map_err(io::Error::other)?;
+            }
+        }
+        self.commits.fetch_add(1, Ordering::AcqRel);
         self.compacted.store(compacted, Ordering::Release);
         self.revision.store(revision, Ordering::Release);
         Ok(())
@@ -384,9 +457,12 @@ impl StateStore {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (lo, hi) = (HISTORY_SPACE.min(KV_SPACE), HISTORY_SPACE.max(KV_SPACE));
-        let before = self.copy_range(..vec![lo], |_| Ok(true))?;
-        let between = self.copy_range(vec![lo + 1]..vec![hi], |_| Ok(true))?;
-        let after = self.copy_range(vec![hi + 1].., |_| Ok(true))?;
+        // The torn marker describes this tree on this disk, not the state.
+        let torn = meta_key(meta::TORN);
+        let not_torn = |k: &[u8]| Ok(k != torn.as_slice());
+        let before = self.copy_range(..vec![lo], not_torn)?;
+        let between = self.copy_range(vec![lo + 1]..vec![hi], not_torn)?;
+        let after = self.copy_range(vec![hi + 1].., not_torn)?;
         drop(commit);
         let at_or_below = |k: &[u8]| -> io::Result<bool> {
             let rev = if k.first() == Some(&KV_SPACE) {
@@ -503,12 +579,17 @@ impl StateStore {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.tree.clear().map_err(io::Error::other)?;
+        let torn = meta_key(meta::TORN);
         let mut batch = sled::Batch::default();
         for (k, v) in records {
-            batch.insert(k, v);
+            if k != torn {
+                batch.insert(k, v);
+            }
         }
         self.tree.apply_batch(batch).map_err(io::Error::other)?;
         self.durable.flush(&self.db)?;
+        // `clear` removed the marker, and the flush made that durable with the records.
+        self.torn.store(false, Ordering::Release);
         let rev = self
             .read_meta_i64(meta::REVISION)?
             .unwrap_or(INITIAL_REVISION);
@@ -520,8 +601,37 @@ impl StateStore {
         Ok(())
     }
 
-    /// Makes everything committed so far durable (on Tokio's blocking pool).
+    /// Makes everything committed so far durable (on Tokio's blocking pool) and, if no commit
+    /// ran meanwhile, removes the `TORN` marker durably too (see the module docs).
     pub async fn flush(&self) -> io::Result<()> {
+        let before = self.commits.load(Ordering::Acquire);
+        self.durable_flush().await?;
+        let unmarked = {
+            let _commit = self
+                .commit_lock
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Every commit counted in `before` had finished its writes before the flush began.
+            // A later one (or one under way then) changed the count: its writes may not be
+            // durable, so the marker stays.
+            if self.torn.load(Ordering::Acquire) && self.commits.load(Ordering::Acquire) == before {
+                self.tree
+                    .remove(meta_key(meta::TORN))
+                    .map_err(io::Error::other)?;
+                self.torn.store(false, Ordering::Release);
+                true
+            } else {
+                false
+            }
+        };
+        if unmarked {
+            // A commit from here on writes the marker again before its own writes.
+            self.durable_flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn durable_flush(&self) -> io::Result<()> {
         let (db, durable) = (self.db.clone(), self.durable.clone());
         match tokio::task::spawn_blocking(move || durable.flush(&db)).await {
             Ok(result) => result,
