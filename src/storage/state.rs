@@ -20,7 +20,9 @@
 //!
 //! Readers never lock: they read at the last *published* revision, and MVCC ignores versions
 //! above it, so a reader can't see half of a batch that is being committed. Only compaction
-//! (which removes old versions) excludes readers, through `compaction_guard`.
+//! (which removes old versions) excludes readers, through `compaction_guard`, and so does a
+//! plain commit of records that change in place (leases, attachments, meta), which have no
+//! revision to hide behind.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -356,6 +358,11 @@ impl StateStore {
         compacted: i64,
     ) -> io::Result<()> {
         let removes = writes.values().any(Option::is_none);
+        // Records other than key versions and history change in place, and readers see them
+        // without a revision to hide a batch's half: leases, attachments, alarms, members.
+        let in_place = writes
+            .keys()
+            .any(|k| !matches!(k.first(), Some(&KV_SPACE) | Some(&HISTORY_SPACE)));
         let mut items: Vec<(Vec<u8>, Option<Vec<u8>>)> =
             Vec::with_capacity(writes.len() + meta.len() + 2);
         let mut written = 0usize;
@@ -385,9 +392,12 @@ impl StateStore {
             .commit_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let atomic = self.atomic_commits.load(Ordering::Acquire);
         // Removing versions could pull data out from under a reader at an older revision, so
-        // such batches wait for readers to finish.
-        let _guard = if removes {
+        // such batches wait for readers to finish. So do plain (non-batch) commits of records
+        // that change in place: sled's `apply_batch` excludes readers while it runs, its
+        // single writes do not.
+        let _guard = if removes || (in_place && !atomic) {
             Some(
                 self.compaction_guard
                     .write()
@@ -396,7 +406,7 @@ impl StateStore {
         } else {
             None
         };
-        if self.atomic_commits.load(Ordering::Acquire) {
+        if atomic {
             let mut batch = sled::Batch::default();
             for (k, v) in items {
                 match v {
