@@ -191,12 +191,13 @@ impl LogStore {
                 encode(&entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             encoded.push((index_key(entry.log_id.index), value));
         }
-        // Plain inserts in index order, not one `apply_batch`: in sled 0.34 that seals and
+        // Encoded first, so a bad entry fails the append before anything is written. Then
+        // plain inserts in index order, not one `apply_batch`: in sled 0.34 that seals and
         // writes out its IO buffer twice (its pagecache's `pin_log`), each write waiting in
-        // `sync_file_range`, and the flush that follows waits for those writes (at 64 clients,
-        // a fifth more disk writes per put with it). A crash still never leaves a hole: sled recovers
-        // a prefix of its writes, so it keeps entries i..j of this append or none past i.
-        // Losing the tail is allowed, as none of it was reported flushed.
+        // `sync_file_range`, and the flush that follows waits for those writes (at 64
+        // clients, a fifth more disk writes per put with it). A crash still never leaves a
+        // hole: sled recovers a prefix of its writes, so it keeps a prefix of this append.
+        // Losing the tail is allowed: none of it was reported flushed.
         for (key, value) in encoded {
             self.inner
                 .log
