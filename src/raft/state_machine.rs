@@ -31,13 +31,6 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
-/// The data of a snapshot being written: already encoded (received from the leader), or the
-/// records themselves, encoded on the way to the file.
-enum SnapshotBody<'a> {
-    Encoded(&'a [u8]),
-    Records(&'a [(Vec<u8>, Vec<u8>)]),
-}
-
 pub struct StateMachine {
     store: Arc<StateStore>,
     applied: Option<LogId>,
@@ -353,7 +346,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         {
             let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-            persist_snapshot(&self.snapshot_path, snap_meta, SnapshotBody::Encoded(&data))?;
+            persist_snapshot(&self.snapshot_path, snap_meta, &data)?;
             *current = Some(snap_meta.clone());
         }
         self.store.set_atomic_commits(false);
@@ -415,13 +408,9 @@ fn rebuild(
     store.restore(records).map_err(sm_write_err)
 }
 
-/// Writes the snapshot file atomically (temp file, fsync, rename) as a [`StoredSnapshot`],
-/// encoding straight into the file: never one more in-memory copy of the state.
-fn persist_snapshot(
-    path: &Path,
-    meta: &SnapshotMeta,
-    body: SnapshotBody<'_>,
-) -> Result<(), StorageError> {
+/// Writes a received snapshot's file atomically (temp file, fsync, rename) as a
+/// [`StoredSnapshot`].
+fn persist_snapshot(path: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
     let err = |e: io::Error| -> StorageError {
         StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
     };
@@ -432,26 +421,106 @@ fn persist_snapshot(
         // bincode encodes a struct as its fields in order and `data: Vec<u8>` as a u64
         // length and the bytes, so this is byte for byte `bincode::serialize(&StoredSnapshot)`.
         bincode::serialize_into(&mut f, meta).map_err(io::Error::other)?;
-        match body {
-            SnapshotBody::Encoded(data) => {
-                bincode::serialize_into(&mut f, &(data.len() as u64)).map_err(io::Error::other)?;
-                f.write_all(data)?;
-            }
-            SnapshotBody::Records(records) => {
-                let len = bincode::serialized_size(records).map_err(io::Error::other)?;
-                bincode::serialize_into(&mut f, &len).map_err(io::Error::other)?;
-                bincode::serialize_into(&mut f, records).map_err(io::Error::other)?;
-            }
-        }
+        bincode::serialize_into(&mut f, &(data.len() as u64)).map_err(io::Error::other)?;
+        f.write_all(data)?;
         let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        replace_durably(&tmp, path)
     };
     write().map_err(err)
+}
+
+/// Renames `tmp` over `path` and syncs the directory, so the rename survives a crash.
+fn replace_durably(tmp: &Path, path: &Path) -> io::Result<()> {
+    std::fs::rename(tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Where [`write_state_snapshot`] is while the store streams records to it.
+struct SnapshotFile {
+    out: io::BufWriter<std::fs::File>,
+    meta: Option<SnapshotMeta>,
+    /// Offset of the data's length prefix, written last.
+    length_at: u64,
+    /// Bytes of the encoded records so far.
+    bytes: u64,
+    records: u64,
+}
+
+/// Streams the store's state into `tmp` in the [`StoredSnapshot`] encoding and syncs it;
+/// returns the snapshot's meta, read from the copied meta records. The records go to the file
+/// as the store reads them, so the state is never held in memory (see
+/// `StateStore::dump_to`); the data's length and record count, known only at the end, are
+/// written over placeholders.
+fn write_state_snapshot(store: &StateStore, tmp: &Path) -> io::Result<SnapshotMeta> {
+    use std::io::{Seek, SeekFrom, Write};
+    let encode = |e: Box<bincode::ErrorKind>| io::Error::other(e);
+    let mut file = SnapshotFile {
+        out: io::BufWriter::new(std::fs::File::create(tmp)?),
+        meta: None,
+        length_at: 0,
+        bytes: 0,
+        records: 0,
+    };
+    store.dump_to(
+        &mut file,
+        |file, in_place| {
+            let find = |name: &[u8]| {
+                let key = state_store::meta_key(name);
+                in_place.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+            };
+            let last_log_id: Option<LogId> = match find(meta::APPLIED) {
+                Some(b) => bincode::deserialize(b).map_err(encode)?,
+                None => None,
+            };
+            let last_membership: StoredMembership = match find(meta::MEMBERSHIP) {
+                Some(b) => bincode::deserialize(b).map_err(encode)?,
+                None => StoredMembership::default(),
+            };
+            let revision = find(meta::REVISION)
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map_or(crate::mvcc::INITIAL_REVISION, i64::from_be_bytes);
+            let snapshot_id = match last_log_id {
+                Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, revision),
+                None => format!("empty-{revision}"),
+            };
+            let meta = SnapshotMeta {
+                last_log_id,
+                last_membership,
+                snapshot_id,
+            };
+            bincode::serialize_into(&mut file.out, &meta).map_err(encode)?;
+            file.length_at = bincode::serialized_size(&meta).map_err(encode)?;
+            // Placeholders: the data's length, then (inside the data) the record count.
+            bincode::serialize_into(&mut file.out, &0u64).map_err(encode)?;
+            bincode::serialize_into(&mut file.out, &0u64).map_err(encode)?;
+            file.meta = Some(meta);
+            Ok(())
+        },
+        |file, k, v| {
+            // A `(Vec<u8>, Vec<u8>)` in bincode: each a u64 length and the bytes.
+            bincode::serialize_into(&mut file.out, &(k.len() as u64)).map_err(encode)?;
+            file.out.write_all(k)?;
+            bincode::serialize_into(&mut file.out, &(v.len() as u64)).map_err(encode)?;
+            file.out.write_all(v)?;
+            file.bytes += 16 + k.len() as u64 + v.len() as u64;
+            file.records += 1;
+            Ok(())
+        },
+    )?;
+    let meta = file
+        .meta
+        .ok_or_else(|| io::Error::other("the state dump never started"))?;
+    let mut out = file.out.into_inner().map_err(|e| e.into_error())?;
+    out.seek(SeekFrom::Start(file.length_at))?;
+    // The data is the record count (8 bytes) and the records.
+    bincode::serialize_into(&mut out, &(8 + file.bytes)).map_err(encode)?;
+    bincode::serialize_into(&mut out, &file.records).map_err(encode)?;
+    out.sync_all()?;
+    Ok(meta)
 }
 
 pub struct SnapshotBuilder {
@@ -462,47 +531,24 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let records = self.store.dump().map_err(sm_read_err)?;
-        let find = |name: &[u8]| {
-            let key = [&[b'm'][..], name].concat();
-            records
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.clone())
-        };
-        let last_log_id: Option<LogId> = match find(meta::APPLIED) {
-            Some(b) => bincode::deserialize(&b).map_err(|e| sm_read_err(*e))?,
-            None => None,
-        };
-        let last_membership: StoredMembership = match find(meta::MEMBERSHIP) {
-            Some(b) => bincode::deserialize(&b).map_err(|e| sm_read_err(*e))?,
-            None => StoredMembership::default(),
-        };
-        let snapshot_id = match last_log_id {
-            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, records.len()),
-            None => format!("empty-{}", records.len()),
-        };
-
-        let snap_meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
-            snapshot_id,
-        };
+        // Its own temporary name: openraft may install a received snapshot meanwhile.
+        let tmp = self.snapshot_path.with_extension("building");
+        let snap_meta = write_state_snapshot(&self.store, &tmp).map_err(sm_read_err)?;
         // The state up to this snapshot must be durable before openraft purges the log it was
         // built from; the state machine does not flush on every apply.
         self.store.flush().await.map_err(sm_write_err)?;
         {
             let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-            persist_snapshot(
-                &self.snapshot_path,
-                &snap_meta,
-                SnapshotBody::Records(&records),
-            )?;
+            replace_durably(&tmp, &self.snapshot_path).map_err(|e| {
+                StorageError::from(StorageIOError::write_snapshot(
+                    Some(snap_meta.signature()),
+                    &e,
+                ))
+            })?;
             *current = Some(snap_meta.clone());
         }
         // The state can now be rebuilt from this file: see `storage::state`.
         self.store.set_atomic_commits(false);
-        drop(records);
         // The data is in the file only. openraft (=0.9.25, pinned) keeps nothing of a built
         // snapshot but its meta (core/sm/worker.rs `build_snapshot`, storage/helper.rs); when
         // a follower needs the data, `get_current_snapshot` reads it from the file. Encoding

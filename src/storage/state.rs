@@ -455,6 +455,34 @@ impl StateStore {
     ///    (compaction, a lease detach) waits, because the compaction guard is held shared
     ///    from step 1 to the end, so nothing at or below R disappears mid-copy.
     pub fn dump_with_revision(&self) -> io::Result<Dump> {
+        let mut records = Vec::new();
+        let (revision, compacted) = self.dump_to(
+            &mut records,
+            |_, _| Ok(()),
+            |records, k, v| {
+                records.push((k.to_vec(), v.to_vec()));
+                Ok(())
+            },
+        )?;
+        Ok(Dump {
+            records,
+            revision,
+            compacted,
+        })
+    }
+
+    /// The copy of [`StateStore::dump_with_revision`] without holding it: `start` gets the
+    /// records that change in place (leases, attachments, meta: small, copied under the
+    /// commit lock) before any record is handed out, then `record` gets every record in key
+    /// order, the key versions and the history as they are read from the tree. A snapshot
+    /// streams to its file this way: holding the whole state in memory for it was the largest
+    /// part of a member's peak memory. Returns the revision and compaction floor of the copy.
+    pub fn dump_to<S>(
+        &self,
+        sink: &mut S,
+        start: impl FnOnce(&mut S, &[(Vec<u8>, Vec<u8>)]) -> io::Result<()>,
+        mut record: impl FnMut(&mut S, &[u8], &[u8]) -> io::Result<()>,
+    ) -> io::Result<(i64, i64)> {
         let commit = self
             .commit_lock
             .lock()
@@ -474,6 +502,14 @@ impl StateStore {
         let between = self.copy_range(vec![lo + 1]..vec![hi], not_torn)?;
         let after = self.copy_range(vec![hi + 1].., not_torn)?;
         drop(commit);
+        let in_place: Vec<(Vec<u8>, Vec<u8>)> = before
+            .iter()
+            .chain(&between)
+            .chain(&after)
+            .cloned()
+            .collect();
+        start(sink, &in_place)?;
+        drop(in_place);
         let at_or_below = |k: &[u8]| -> io::Result<bool> {
             let rev = if k.first() == Some(&KV_SPACE) {
                 version_key_revision(k)
@@ -482,17 +518,22 @@ impl StateStore {
             };
             rev.map(|rev| rev <= revision).map_err(io::Error::other)
         };
-        let low = self.copy_range(vec![lo]..vec![lo + 1], at_or_below)?;
-        let high = self.copy_range(vec![hi]..vec![hi + 1], at_or_below)?;
-        let mut records = before;
-        for part in [low, between, high, after] {
-            records.extend(part);
+        // In key order, as the tree holds them.
+        for (space, in_place) in [(lo, before), (hi, between)] {
+            for (k, v) in &in_place {
+                record(sink, k, v)?;
+            }
+            for r in self.tree.range(vec![space]..vec![space + 1]) {
+                let (k, v) = r.map_err(io::Error::other)?;
+                if at_or_below(&k)? {
+                    record(sink, &k, &v)?;
+                }
+            }
         }
-        Ok(Dump {
-            records,
-            revision,
-            compacted,
-        })
+        for (k, v) in &after {
+            record(sink, k, v)?;
+        }
+        Ok((revision, compacted))
     }
 
     /// Copies the records in `range` that `keep` accepts.
