@@ -9,9 +9,9 @@
 //! but in sled 0.34 each call seals and writes out its IO buffer twice (its pagecache's
 //! `pin_log`), each write waiting in `sync_file_range`: about 40% of the machine's disk writes
 //! under put load. So once the state can be rebuilt without this tree, commits are plain
-//! inserts and removes, and a marker (`meta::TORN`) is written before the first of them:
-//! sled recovers a prefix of its writes, so whenever a torn batch survives a crash, the marker
-//! does too. A flush that finds no commit ran since it started removes the marker durably
+//! inserts and removes (but for records that change in place, see below), and a marker
+//! (`meta::TORN`) is written before the first of them: sled recovers a prefix of its writes,
+//! so whenever a torn batch survives a crash, the marker does too. A flush that finds no commit ran since it started removes the marker durably
 //! (before a snapshot, at shutdown). On opening a marked store, the state machine rebuilds it
 //! from its snapshot file (or from nothing, when the log still starts at the first entry),
 //! and the log replays the rest. A store seeded by `corral snapshot restore` holds data its
@@ -20,9 +20,9 @@
 //!
 //! Readers never lock: they read at the last *published* revision, and MVCC ignores versions
 //! above it, so a reader can't see half of a batch that is being committed. Only compaction
-//! (which removes old versions) excludes readers, through `compaction_guard`, and so does a
-//! plain commit of records that change in place (leases, attachments, meta), which have no
-//! revision to hide behind.
+//! (which removes old versions) excludes readers, through `compaction_guard`. Records that
+//! change in place (leases, attachments, alarms, members) have no revision to hide behind:
+//! a commit writes those through one `apply_batch`, which excludes readers while it runs.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -359,10 +359,9 @@ impl StateStore {
     ) -> io::Result<()> {
         let removes = writes.values().any(Option::is_none);
         // Records other than key versions and history change in place, and readers see them
-        // without a revision to hide a batch's half: leases, attachments, alarms, members.
-        let in_place = writes
-            .keys()
-            .any(|k| !matches!(k.first(), Some(&KV_SPACE) | Some(&HISTORY_SPACE)));
+        // without a revision to hide a batch's half behind: leases, attachments, alarms,
+        // members. The bookkeeping records (`meta`, revision, compaction) readers never read.
+        let mut in_place: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         let mut items: Vec<(Vec<u8>, Option<Vec<u8>>)> =
             Vec::with_capacity(writes.len() + meta.len() + 2);
         let mut written = 0usize;
@@ -370,7 +369,11 @@ impl StateStore {
             if let Some(v) = &v {
                 written += k.len() + v.len();
             }
-            items.push((k, v));
+            if matches!(k.first(), Some(&KV_SPACE) | Some(&HISTORY_SPACE)) {
+                items.push((k, v));
+            } else {
+                in_place.push((k, v));
+            }
         }
         for (name, value) in meta {
             written += name.len() + 1 + value.len();
@@ -392,12 +395,9 @@ impl StateStore {
             .commit_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let atomic = self.atomic_commits.load(Ordering::Acquire);
         // Removing versions could pull data out from under a reader at an older revision, so
-        // such batches wait for readers to finish. So do plain (non-batch) commits of records
-        // that change in place: sled's `apply_batch` excludes readers while it runs, its
-        // single writes do not.
-        let _guard = if removes || (in_place && !atomic) {
+        // such batches wait for readers to finish.
+        let _guard = if removes {
             Some(
                 self.compaction_guard
                     .write()
@@ -406,7 +406,7 @@ impl StateStore {
         } else {
             None
         };
-        if atomic {
+        let batch_of = |items: Vec<(Vec<u8>, Option<Vec<u8>>)>| {
             let mut batch = sled::Batch::default();
             for (k, v) in items {
                 match v {
@@ -414,7 +414,13 @@ impl StateStore {
                     None => batch.remove(k),
                 }
             }
-            self.tree.apply_batch(batch).map_err(io::Error::other)?;
+            batch
+        };
+        if self.atomic_commits.load(Ordering::Acquire) {
+            items.extend(in_place);
+            self.tree
+                .apply_batch(batch_of(items))
+                .map_err(io::Error::other)?;
         } else {
             if !self.torn.load(Ordering::Acquire) {
                 // Before the first write it covers: see the module docs.
@@ -429,6 +435,13 @@ impl StateStore {
                     None => self.tree.remove(k).map(drop),
                 }
                 .map_err(io::Error::other)?;
+            }
+            // sled's `apply_batch` excludes readers while it runs, so they see all of these or
+            // none. Only commits that touch them pay for its buffer writes.
+            if !in_place.is_empty() {
+                self.tree
+                    .apply_batch(batch_of(in_place))
+                    .map_err(io::Error::other)?;
             }
         }
         self.commits.fetch_add(1, Ordering::AcqRel);
