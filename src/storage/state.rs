@@ -11,10 +11,10 @@
 //! under put load. So once the state can be rebuilt without this tree, commits are plain
 //! inserts and removes (but for records that change in place, see below), and a marker
 //! (`meta::TORN`) is written before the first of them: sled recovers a prefix of its writes,
-//! so whenever a torn batch survives a crash, the marker does too. A flush that finds no commit ran since it started removes the marker durably
-//! (before a snapshot, at shutdown). On opening a marked store, the state machine rebuilds it
-//! from its snapshot file (or from nothing, when the log still starts at the first entry),
-//! and the log replays the rest. A store seeded by `corral snapshot restore` holds data its
+//! so whenever a torn batch survives a crash, the marker does too. A flush that finds no
+//! commit ran since it started removes the marker durably (before a snapshot, at shutdown).
+//! On opening a marked store, the state machine rebuilds it from its snapshot file (or from
+//! nothing, when the log still starts at the first entry), and the log replays the rest. A store seeded by `corral snapshot restore` holds data its
 //! log never produced, so it commits through `apply_batch` until its first snapshot exists
 //! (see [`StateStore::set_atomic_commits`]).
 //!
