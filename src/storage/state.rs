@@ -14,9 +14,10 @@
 //! so whenever a torn batch survives a crash, the marker does too. A flush that finds no
 //! commit ran since it started removes the marker durably (before a snapshot, at shutdown).
 //! On opening a marked store, the state machine rebuilds it from its snapshot file (or from
-//! nothing, when the log still starts at the first entry), and the log replays the rest. A store seeded by `corral snapshot restore` holds data its
-//! log never produced, so it commits through `apply_batch` until its first snapshot exists
-//! (see [`StateStore::set_atomic_commits`]).
+//! nothing, when the log still starts at the first entry), and the log replays the rest. A
+//! store seeded by `corral snapshot restore` holds data its log never produced, so it commits
+//! through `apply_batch` until its first snapshot exists (see
+//! [`StateStore::set_atomic_commits`]).
 //!
 //! Readers never lock: they read at the last *published* revision, and MVCC ignores versions
 //! above it, so a reader can't see half of a batch that is being committed. Only compaction
