@@ -64,6 +64,22 @@ fn value(store: &StateStore, key: &str) -> Option<Vec<u8>> {
         .map(|kv| kv.value)
 }
 
+/// Applies one put of `k<i>` per index in `indexes`, as the log would hand them over.
+async fn apply_puts(sm: &mut StateMachine, indexes: std::ops::RangeInclusive<u64>) {
+    sm.apply(indexes.map(|i| put_entry(i, &format!("k{i}"))))
+        .await
+        .expect("apply");
+}
+
+/// Builds a snapshot of everything applied so far.
+async fn snapshot(sm: &mut StateMachine) -> corral::raft::types::Snapshot {
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("snapshot")
+}
+
 fn one_put(key: &str) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
     BTreeMap::from([(key.as_bytes().to_vec(), Some(b"v".to_vec()))])
 }
@@ -109,19 +125,10 @@ async fn a_torn_state_is_rebuilt_from_its_snapshot_and_the_log_replays_the_rest(
     let dir = tempfile::tempdir().expect("tempdir");
 
     let mut sm = open_sm(dir.path(), open_store(dir.path())).expect("open");
-    sm.apply((1..=3).map(|i| put_entry(i, &format!("k{i}"))))
-        .await
-        .expect("apply 1..=3");
-    let snapshot = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("snapshot");
-    assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(3));
-    sm.apply((4..=5).map(|i| put_entry(i, &format!("k{i}"))))
-        .await
-        .expect("apply 4..=5");
+    apply_puts(&mut sm, 1..=3).await;
+    let built = snapshot(&mut sm).await;
+    assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(3));
+    apply_puts(&mut sm, 4..=5).await;
     assert!(
         sm.store().torn(),
         "plain commits after a snapshot are marked"
@@ -145,9 +152,7 @@ async fn a_torn_state_is_rebuilt_from_its_snapshot_and_the_log_replays_the_rest(
     let revision_at_snapshot = sm.store().revision();
 
     // The log replays the entries after the snapshot: same keys, same revisions as before.
-    sm.apply((4..=5).map(|i| put_entry(i, &format!("k{i}"))))
-        .await
-        .expect("replay 4..=5");
+    apply_puts(&mut sm, 4..=5).await;
     assert_eq!(sm.store().revision(), revision_at_snapshot + 2);
     assert_eq!(value(sm.store(), "k5"), Some(b"value of k5".to_vec()));
 }
@@ -157,9 +162,7 @@ async fn a_torn_state_without_a_snapshot_starts_empty_for_a_full_replay() {
     let dir = tempfile::tempdir().expect("tempdir");
 
     let mut sm = open_sm(dir.path(), open_store(dir.path())).expect("open");
-    sm.apply((1..=2).map(|i| put_entry(i, &format!("k{i}"))))
-        .await
-        .expect("apply");
+    apply_puts(&mut sm, 1..=2).await;
     assert!(sm.store().torn());
     drop(sm);
 
@@ -175,9 +178,7 @@ async fn a_clean_shutdown_needs_no_rebuild() {
     let dir = tempfile::tempdir().expect("tempdir");
 
     let mut sm = open_sm(dir.path(), open_store(dir.path())).expect("open");
-    sm.apply((1..=2).map(|i| put_entry(i, &format!("k{i}"))))
-        .await
-        .expect("apply");
+    apply_puts(&mut sm, 1..=2).await;
     sm.store().flush().await.expect("flush");
     drop(sm);
 
@@ -202,19 +203,13 @@ async fn a_restored_store_commits_atomically_until_its_first_snapshot() {
     assert!(store.restored());
 
     let mut sm = open_sm(dir.path(), store).expect("open");
-    sm.apply((1..=2).map(|i| put_entry(i, &format!("k{i}"))))
-        .await
-        .expect("apply");
+    apply_puts(&mut sm, 1..=2).await;
     assert!(
         !sm.store().torn(),
         "a restored store without a snapshot wrote plainly"
     );
 
-    sm.get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("snapshot");
+    snapshot(&mut sm).await;
     sm.apply([put_entry(3, "k3")]).await.expect("apply 3");
     assert!(sm.store().torn(), "plain commits once the snapshot exists");
 }

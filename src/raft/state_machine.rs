@@ -363,15 +363,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(meta) = current.as_ref() else {
             return Ok(None);
         };
-        let read_err = |e: io::Error| StorageIOError::read_snapshot(Some(meta.signature()), &e);
-        let file = std::fs::File::open(&self.snapshot_path).map_err(read_err)?;
-        let stored: StoredSnapshot = bincode::deserialize_from(io::BufReader::new(file))
-            .map_err(|e| read_err(io::Error::other(e)))?;
+        let stored = read_snapshot(&self.snapshot_path, meta)?;
         Ok(Some(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
     }
+}
+
+/// Reads the snapshot file whose meta is `meta`, data included.
+fn read_snapshot(path: &Path, meta: &SnapshotMeta) -> Result<StoredSnapshot, StorageError> {
+    let read_err = |e: io::Error| StorageIOError::read_snapshot(Some(meta.signature()), &e);
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    Ok(bincode::deserialize_from(io::BufReader::new(file))
+        .map_err(|e| read_err(io::Error::other(e)))?)
 }
 
 /// Replaces a store that may hold part of a batch (it was not flushed clean before a crash) with
@@ -384,11 +389,10 @@ fn rebuild(
 ) -> Result<(), StorageError> {
     let records: Vec<(Vec<u8>, Vec<u8>)> = match current {
         Some(meta) => {
-            let read_err = |e: io::Error| StorageIOError::read_snapshot(Some(meta.signature()), &e);
-            let file = std::fs::File::open(snapshot_path).map_err(read_err)?;
-            let stored: StoredSnapshot = bincode::deserialize_from(io::BufReader::new(file))
-                .map_err(|e| read_err(io::Error::other(e)))?;
-            bincode::deserialize(&stored.data).map_err(|e| read_err(io::Error::other(e)))?
+            let stored = read_snapshot(snapshot_path, meta)?;
+            bincode::deserialize(&stored.data).map_err(|e| {
+                StorageIOError::read_snapshot(Some(meta.signature()), &io::Error::other(e))
+            })?
         }
         // Commits are atomic in a restored store until it has a snapshot, so it is never
         // torn without one; if it is, its data is gone from this disk.
@@ -470,7 +474,7 @@ fn write_state_snapshot(store: &StateStore, tmp: &Path) -> io::Result<SnapshotMe
         |file, in_place| {
             let find = |name: &[u8]| {
                 let key = state_store::meta_key(name);
-                in_place.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+                in_place.iter().find(|r| r.0 == key).map(|r| &r.1)
             };
             let last_log_id: Option<LogId> = match find(meta::APPLIED) {
                 Some(b) => bincode::deserialize(b).map_err(encode)?,

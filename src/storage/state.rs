@@ -494,7 +494,7 @@ impl StateStore {
     pub fn dump_to<S>(
         &self,
         sink: &mut S,
-        start: impl FnOnce(&mut S, &[(Vec<u8>, Vec<u8>)]) -> io::Result<()>,
+        start: impl FnOnce(&mut S, &[&(Vec<u8>, Vec<u8>)]) -> io::Result<()>,
         mut record: impl FnMut(&mut S, &[u8], &[u8]) -> io::Result<()>,
     ) -> io::Result<(i64, i64)> {
         let commit = self
@@ -516,14 +516,9 @@ impl StateStore {
         let between = self.copy_range(vec![lo + 1]..vec![hi], not_torn)?;
         let after = self.copy_range(vec![hi + 1].., not_torn)?;
         drop(commit);
-        let in_place: Vec<(Vec<u8>, Vec<u8>)> = before
-            .iter()
-            .chain(&between)
-            .chain(&after)
-            .cloned()
-            .collect();
+        let in_place: Vec<&(Vec<u8>, Vec<u8>)> =
+            before.iter().chain(&between).chain(&after).collect();
         start(sink, &in_place)?;
-        drop(in_place);
         let at_or_below = |k: &[u8]| -> io::Result<bool> {
             let rev = if k.first() == Some(&KV_SPACE) {
                 version_key_revision(k)
