@@ -48,11 +48,12 @@ fn put_entry(index: u64, key: &str) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(Proposal {
-            commands: vec![Command::Put(PutRequest {
+            commands: [Command::Put(PutRequest {
                 key: key.as_bytes().to_vec(),
                 value: format!("value of {key}").into_bytes(),
                 ..Default::default()
-            })],
+            })]
+            .into(),
         }),
     }
 }

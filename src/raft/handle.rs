@@ -416,7 +416,12 @@ async fn batch_loop(submitter: Submitter, mut rx: mpsc::Receiver<Pending>) {
             let (commands, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.command, p.reply)).unzip();
             let n = commands.len();
-            match submitter.submit(Proposal { commands }).await {
+            match submitter
+                .submit(Proposal {
+                    commands: commands.into(),
+                })
+                .await
+            {
                 Ok(ProposalResult { results, .. }) if results.len() == n => {
                     for (reply, result) in replies.into_iter().zip(results) {
                         let _ = reply.send(Ok(result));

@@ -258,7 +258,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => responses.push(ProposalResult::default()),
                 EntryPayload::Normal(Proposal { commands }) => {
                     let mut results = Vec::with_capacity(commands.len());
-                    for cmd in &commands {
+                    for cmd in commands.iter() {
                         if let Command::LeaseExpire { term, .. } = cmd {
                             if *term != entry.log_id.leader_id.term {
                                 // Decided by a leader of another term: see `LeaseExpire`.

@@ -36,6 +36,15 @@
 //!   a crash never leaves a hole in the log (it may lose an unacknowledged tail). Truncation
 //!   and purge, which delete ranges, still go through one atomic sled `Batch`.
 //!
+//! # Recent entries
+//!
+//! The entries appended last are also kept decoded in memory ([`Recent`], up to
+//! `RECENT_BYTES` of encoded size). openraft reads every entry back right after appending it:
+//! once to apply it, and on a leader once per follower to replicate it. Served from memory,
+//! those reads cost a clone of the entry (its commands are shared, not copied) instead of a
+//! sled lookup and a decode each, and the apply read runs inside openraft's core loop, which
+//! everything else waits on. A read the cache cannot answer in full goes to sled.
+//!
 //! [`LogStore::flush_count`] counts the flusher's flushes, so tests and metrics can see group
 //! commit at work (appends / flushes = average group size).
 
@@ -43,12 +52,13 @@
 // every trait method must; boxing them here only to unbox at the trait boundary buys nothing.
 #![allow(clippy::result_large_err)]
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -73,6 +83,11 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 /// back-pressure for a stalled disk, not a tuning knob: a flush normally drains the whole queue.
 const FLUSH_QUEUE_CAPACITY: usize = 4096;
 
+/// Encoded size of the recent entries kept decoded in memory, at most (see [`Recent`]). At
+/// 64 clients an entry carries about 64 puts (~20 KiB), so this holds the last couple of
+/// hundred entries: far more than are ever in flight.
+const RECENT_BYTES: usize = 4 << 20;
+
 /// What the flusher calls once the entries of one append are on disk (or could not be put
 /// there).
 type FlushCallback = Box<dyn FnOnce(Result<(), io::Error>) + Send + 'static>;
@@ -88,6 +103,85 @@ struct Inner {
     durable: DurableFlush,
     log: sled::Tree,
     meta: sled::Tree,
+    recent: Mutex<Recent>,
+}
+
+/// The last entries appended, decoded: a contiguous run that always ends at the last entry
+/// of the log (appends push, truncation pops from the back, purge and the size bound from the
+/// front, anything out of order clears it).
+#[derive(Default)]
+struct Recent {
+    /// Each entry with its encoded size.
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, entry: Entry, size: usize) {
+        let follows = match self.entries.back() {
+            Some((last, _)) => last.log_id.index.checked_add(1) == Some(entry.log_id.index),
+            None => true,
+        };
+        if !follows {
+            self.clear();
+        }
+        self.entries.push_back((entry, size));
+        self.bytes += size;
+        while self.bytes > RECENT_BYTES && self.entries.len() > 1 {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, size)) = self.entries.pop_front() {
+            self.bytes -= size;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Drops the entries from `index` on.
+    fn truncate(&mut self, index: u64) {
+        while let Some((last, size)) = self.entries.back() {
+            if last.log_id.index < index {
+                break;
+            }
+            self.bytes -= size;
+            self.entries.pop_back();
+        }
+    }
+
+    /// Drops the entries up to `index`, inclusive.
+    fn purge(&mut self, index: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(first, _)| first.log_id.index <= index)
+        {
+            self.pop_front();
+        }
+    }
+
+    /// The entries with index in `start..end` (`end` `None`: to the last), if this run holds
+    /// all of them; `None` when part of the range lies before the run or past its end.
+    fn get(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.0.log_id.index;
+        let next = first + self.entries.len() as u64;
+        if start < first || end.is_some_and(|end| end > next) {
+            return None;
+        }
+        let from = usize::try_from(start - first).ok()?;
+        let to = usize::try_from(end.unwrap_or(next).min(next).saturating_sub(first)).ok()?;
+        Some(
+            self.entries
+                .range(from.min(to)..to)
+                .map(|(entry, _)| entry.clone())
+                .collect(),
+        )
+    }
 }
 
 /// The durable Raft log store. See the [module docs](self) for layout and durability rules.
@@ -127,6 +221,7 @@ impl LogStore {
             durable,
             log,
             meta,
+            recent: Mutex::default(),
         });
 
         // A purge records `last_purged` durably before deleting entries; if we crashed in
@@ -189,7 +284,7 @@ impl LogStore {
         for entry in entries {
             let value =
                 encode(&entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
-            encoded.push((index_key(entry.log_id.index), value));
+            encoded.push((entry, value));
         }
         // Encoded first, so a bad entry fails the append before anything is written. Then
         // plain inserts in index order, not one `apply_batch`: in sled 0.34 that seals and
@@ -198,11 +293,17 @@ impl LogStore {
         // clients, a fifth more disk writes per put with it). A crash still never leaves a
         // hole: sled recovers a prefix of its writes, so it keeps a prefix of this append.
         // Losing the tail is allowed: none of it was reported flushed.
-        for (key, value) in encoded {
-            self.inner
-                .log
-                .insert(key, value)
-                .map_err(|e| StorageIOError::write_logs(&e))?;
+        {
+            let mut recent = self.inner.recent();
+            for (entry, value) in encoded {
+                let size = value.len();
+                if let Err(e) = self.inner.log.insert(index_key(entry.log_id.index), value) {
+                    // What reached sled is unknown: stop serving reads from memory.
+                    recent.clear();
+                    return Err(StorageIOError::write_logs(&e).into());
+                }
+                recent.push(entry, size);
+            }
         }
 
         // Queue the callback only now, after the inserts: the flusher's next flush therefore
@@ -221,6 +322,10 @@ impl LogStore {
 }
 
 impl Inner {
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Reads and decodes one meta value; a value that does not decode is corruption.
     fn read_meta<T: DeserializeOwned>(
         &self,
@@ -313,6 +418,9 @@ impl Inner {
         };
         if end.is_some_and(|end| start >= end) {
             return Ok(Vec::new());
+        }
+        if let Some(entries) = self.recent().get(start, end) {
+            return Ok(entries);
         }
 
         let mut entries: Vec<Entry> = Vec::new();
@@ -568,6 +676,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Conflicting entries from an old leader: delete [index, +oo) atomically and make the
         // deletion durable, so a restart cannot resurrect them.
+        self.inner.recent().truncate(log_id.index);
         self.inner.delete_range(index_key(log_id.index)..)?;
         self.inner
             .flush()
@@ -587,6 +696,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
 
+        self.inner.recent().purge(log_id.index);
         self.inner.delete_upto(log_id.index)?;
         self.inner
             .flush()
