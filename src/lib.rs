@@ -23,7 +23,8 @@
 //!   DeleteRange / Txn / Compact — pure and deterministic over an ordered `Backend`.
 //! - [`lease`]: the lease table (applied, deterministic) and the leader-only expiry clock that
 //!   proposes revocations; keep-alives never go through Raft.
-//! - [`storage`]: sled, and nothing else names it: the Raft log store (group commit), the
+//! - [`storage`]: sled, and nothing else names it: the Raft log store (group commit; the
+//!   last entries appended also kept decoded, for apply and replication to read), the
 //!   state-machine store (one commit per apply, all or nothing after a crash: an atomic batch,
 //!   or plain writes under a "torn" marker that makes the next start rebuild the state from
 //!   the snapshot), and `storage::durable`, the fsyncs sled's own flush leaves out.
