@@ -38,7 +38,7 @@
 //!
 //! # Recent entries
 //!
-//! The entries appended last are also kept decoded in memory ([`Recent`], up to
+//! The entries appended last are also kept decoded in memory (`Recent`, up to
 //! `RECENT_BYTES` of encoded size). openraft reads every entry back right after appending it:
 //! once to apply it, and on a leader once per follower to replicate it. Served from memory,
 //! those reads cost a clone of the entry (its commands are shared, not copied) instead of a
