@@ -84,8 +84,8 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 const FLUSH_QUEUE_CAPACITY: usize = 4096;
 
 /// Encoded size of the recent entries kept decoded in memory, at most (see [`Recent`]). At
-/// 64 clients an entry carries about 64 puts (~20 KiB), so this holds the last couple of
-/// hundred entries: far more than are ever in flight.
+/// 64 clients an entry carries 10-30 puts (3-10 KiB), so this holds several hundred entries:
+/// far more than are ever in flight or waiting to be applied.
 const RECENT_BYTES: usize = 4 << 20;
 
 /// What the flusher calls once the entries of one append are on disk (or could not be put
