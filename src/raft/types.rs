@@ -28,21 +28,13 @@ impl fmt::Display for Member {
 
 /// One Raft entry's payload: many client commands batched into one proposal so that one
 /// replication round and one fsync carry them all.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Proposal {
     /// Applied in order; each gets its own result. Shared, not copied: the log store keeps
     /// recent entries for replication and apply to read (see `storage::log_store`), and a
     /// clone of an entry must not copy a batch of up to a thousand values. On the wire and on
     /// disk it is the plain list.
     pub commands: Arc<[Command]>,
-}
-
-impl Default for Proposal {
-    fn default() -> Proposal {
-        Proposal {
-            commands: Arc::from(Vec::new()),
-        }
-    }
 }
 
 impl fmt::Display for Proposal {

@@ -145,12 +145,14 @@ impl Recent {
 
     /// Drops the entries from `index` on.
     fn truncate(&mut self, index: u64) {
-        while let Some((last, size)) = self.entries.back() {
-            if last.log_id.index < index {
-                break;
+        while self
+            .entries
+            .back()
+            .is_some_and(|(last, _)| last.log_id.index >= index)
+        {
+            if let Some((_, size)) = self.entries.pop_back() {
+                self.bytes -= size;
             }
-            self.bytes -= size;
-            self.entries.pop_back();
         }
     }
 
@@ -173,8 +175,9 @@ impl Recent {
         if start < first || end.is_some_and(|end| end > next) {
             return None;
         }
+        // `end` is at most `next` here, and a `start` past the run reads as empty.
         let from = usize::try_from(start - first).ok()?;
-        let to = usize::try_from(end.unwrap_or(next).min(next).saturating_sub(first)).ok()?;
+        let to = usize::try_from(end.unwrap_or(next).saturating_sub(first)).ok()?;
         Some(
             self.entries
                 .range(from.min(to)..to)
